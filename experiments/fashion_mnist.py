@@ -1,0 +1,14 @@
+"""Fashion-MNIST with a Forward-Forward MLP: `python -m experiments.fashion_mnist --help`.
+
+Default: 4 x 2000 hidden units, 60 epochs, batch 100 (a GPU job).
+A CPU-sized run: `python -m experiments.fashion_mnist --hidden 500 500 --epochs 2`.
+"""
+
+import sys
+
+from ffjax.experiment import Config, main
+
+DEFAULTS = Config(dataset="fashion_mnist")
+
+if __name__ == "__main__":
+    sys.exit(main(DEFAULTS, __doc__.splitlines()[0]))

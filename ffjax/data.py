@@ -1,0 +1,250 @@
+"""Datasets as uint8 arrays: IDX files from a local folder or via TFDS, checks, splits."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+DATA_DIR_ENV = "FFJAX_DATA_DIR"
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+# name -> (folder under the data directory, TFDS builder name, class names)
+DATASETS = {
+    "mnist": ("mnist", "mnist", tuple(str(i) for i in range(10))),
+    "fashion_mnist": ("fashion-mnist", "fashion_mnist", (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+}
+
+_IMAGES_MAGIC = 0x00000803
+_LABELS_MAGIC = 0x00000801
+
+
+class DataError(ValueError):
+    """A dataset could not be found or read; the message says what and how to fix it."""
+
+
+class Dataset(NamedTuple):
+    """Features (N, D) uint8 or float32 and labels (N,) int32, train and test."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    class_names: tuple
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found.") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}).") from None
+    if raw[:2] != b"\x1f\x8b":  # not gzipped: accept the decompressed IDX file as is
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(
+            f"{path}: corrupt or truncated gzip file ({e}). Delete it and fetch it again."
+        ) from None
+
+
+def read_idx(path, *, expect: str) -> np.ndarray:
+    """Reads an IDX file (optionally gzipped) into a uint8 array.
+
+    Args:
+      path: the file.
+      expect: "images" (magic 0x00000803, dims (N, rows, cols)) or "labels"
+        (magic 0x00000801, dims (N,)).
+
+    Raises:
+      DataError: the file is missing, corrupt, truncated or of the wrong kind.
+    """
+    path = Path(path)
+    magic_expected = {"images": _IMAGES_MAGIC, "labels": _LABELS_MAGIC}[expect]
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: too short to be an IDX file ({len(data)} bytes).")
+    magic = int.from_bytes(data[:4], "big")
+    if magic != magic_expected:
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic:08x}, expected 0x{magic_expected:08x} "
+            f"for an IDX {expect} file. Is this the right file?"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX header.")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims))
+    body = len(data) - header
+    if body != expected:
+        raise DataError(
+            f"{path}: the header promises dims {dims} ({expected} bytes of data) but the "
+            f"file holds {body}; it is truncated or corrupt. Fetch it again."
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def read_idx_split(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
+    """Images flattened to (N, rows*cols) uint8 and labels (N,) int32, counts checked."""
+    x = read_idx(images_path, expect="images")
+    y = read_idx(labels_path, expect="labels")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(
+            f"{images_path} holds {x.shape[0]} images but {labels_path} holds "
+            f"{y.shape[0]} labels; the files do not belong together."
+        )
+    return x.reshape(x.shape[0], -1), y.astype(np.int32)
+
+
+def _from_files(files: dict, name: str) -> Dataset:
+    x_train, y_train = read_idx_split(files["train_images"], files["train_labels"])
+    x_test, y_test = read_idx_split(files["test_images"], files["test_labels"])
+    _, _, class_names = DATASETS[name]
+    num_classes = len(class_names)
+    for split, y in (("train", y_train), ("test", y_test)):
+        if y.size and int(y.max()) >= num_classes:
+            raise DataError(
+                f"{name} {split} labels go up to {int(y.max())}, but {name} has "
+                f"{num_classes} classes; the label file is not {name}'s."
+            )
+    return Dataset(x_train, y_train, x_test, y_test, num_classes, class_names)
+
+
+def _check_name(name: str) -> str:
+    key = name.replace("-", "_").lower()
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+    return key
+
+
+def load_local(name: str, data_dir) -> Dataset:
+    """Loads a dataset from `data_dir/<folder>/` (folder `mnist` or `fashion-mnist`)
+    holding the four standard IDX .gz files; `data_dir` may also be that folder itself."""
+    name = _check_name(name)
+    folder, _, _ = DATASETS[name]
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"data directory {root} does not exist. Point --data-dir (or {DATA_DIR_ENV}) "
+            f"at a folder holding {folder}/ with the four IDX files, or leave both unset "
+            "to fetch the data with tensorflow-datasets."
+        )
+    candidates = [root / folder, root]
+    for d in candidates:
+        if all((d / f).exists() for f in IDX_FILES.values()):
+            return _from_files({k: d / f for k, f in IDX_FILES.items()}, name)
+    missing = [f for f in IDX_FILES.values() if not (root / folder / f).exists()]
+    raise DataError(
+        f"{name}: looked in {root / folder} and found no {', '.join(missing)}. The data "
+        f"directory must hold {folder}/ with the files {', '.join(IDX_FILES.values())}."
+    )
+
+
+def load_tfds(name: str, *, download_dir=None, manual_dir=None) -> Dataset:
+    """Fetches (or finds) the raw IDX files through TFDS and parses them; no TensorFlow.
+
+    TFDS's DownloadManager, given the dataset's registered checksums, downloads the
+    four files from the official source into `download_dir` (default
+    ~/tensorflow_datasets/downloads), or takes them from `manual_dir`, and verifies
+    every checksum.
+    """
+    name = _check_name(name)
+    _, builder_name, _ = DATASETS[name]
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DataError(
+            "tensorflow-datasets is not installed, and no data directory was given. "
+            f"Install it (pip install tensorflow-datasets) or pass --data-dir / set "
+            f"{DATA_DIR_ENV} to a folder with the IDX files."
+        ) from None
+    if download_dir is None:
+        download_dir = Path("~/tensorflow_datasets/downloads").expanduser()
+    url_infos = tfds.builder_cls(builder_name).url_infos
+    manager = tfds.download.DownloadManager(
+        download_dir=download_dir, manual_dir=manual_dir, url_infos=url_infos,
+        dataset_name=builder_name, force_checksums_validation=True)
+    urls = {url.rsplit("/", 1)[-1]: url for url in url_infos}
+    try:
+        paths = manager.download(urls)
+    except Exception as e:  # network errors, checksum mismatches: one clear message
+        raise DataError(
+            f"tensorflow-datasets could not fetch {name}: {type(e).__name__}: {e}. "
+            f"Without internet, pass --data-dir / set {DATA_DIR_ENV} to a folder with the "
+            "IDX files."
+        ) from None
+    return _from_files({k: Path(paths[f]) for k, f in IDX_FILES.items()}, name)
+
+
+def load(name: str, data_dir=None) -> Dataset:
+    """Loads MNIST or Fashion-MNIST: from `data_dir`, else $FFJAX_DATA_DIR, else TFDS."""
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
+    if data_dir:
+        return load_local(name, data_dir)
+    return load_tfds(name)
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, size: int):
+    """Holds out the last `size` examples: returns (x_fit, y_fit, x_val, y_val)."""
+    size = int(size)
+    if not 0 < size < len(x):
+        raise ValueError(f"validation size {size} must be in (0, {len(x)}).")
+    return x[:-size], y[:-size], x[-size:], y[-size:]
+
+
+def check_arrays(x, y, *, num_classes: int, what: str = "data") -> None:
+    """Checks user features/labels before anything is compiled.
+
+    Args:
+      x: (N, D) features, uint8 or float. y: (N,) integer labels in [0, num_classes).
+
+    Raises:
+      ValueError: with a message naming what is wrong.
+    """
+    x = np.asarray(x) if not hasattr(x, "shape") else x
+    y = np.asarray(y) if not hasattr(y, "shape") else y
+    if len(x.shape) != 2:
+        raise ValueError(f"{what}: features must be a 2-D (N, D) array; got shape "
+                         f"{tuple(x.shape)}. Flatten images with x.reshape(len(x), -1).")
+    if len(y.shape) != 1:
+        raise ValueError(f"{what}: labels must be a 1-D (N,) array; got shape {tuple(y.shape)}.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what}: {x.shape[0]} feature rows but {y.shape[0]} labels.")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: the dataset is empty.")
+    if not np.issubdtype(np.dtype(y.dtype), np.integer):
+        raise ValueError(f"{what}: labels must be integers; got dtype {y.dtype}.")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes={num_classes} must be at least 2.")
+    if num_classes > x.shape[1]:
+        raise ValueError(
+            f"num_classes={num_classes} is larger than the input width D={x.shape[1]}: the "
+            "label is written into the first C features, so C <= D is required."
+        )
+    y_np = np.asarray(y)
+    lo, hi = int(y_np.min()), int(y_np.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{what}: labels range over [{lo}, {hi}] but must lie in "
+                         f"[0, {num_classes}) for num_classes={num_classes}.")
+    dt = np.dtype(x.dtype)
+    if not (dt == np.uint8 or np.issubdtype(dt, np.floating)):
+        raise ValueError(f"{what}: features must be uint8 (pixels) or float; got {dt}.")
+    if np.issubdtype(dt, np.floating) and not bool(np.all(np.isfinite(np.asarray(x)))):
+        raise ValueError(f"{what}: features contain NaN or Inf values.")

@@ -1,0 +1,267 @@
+"""The experiment runner behind `python -m experiments.*`: config, CLI flags, run directory."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import typing
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ffjax import data, inference, layers, objective, optim, plots, train, trainer
+
+
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of one FF run. Every field is a command-line flag (--field-name)."""
+
+    dataset: str = _field("mnist", "dataset: mnist or fashion_mnist")
+    data_dir: typing.Optional[str] = _field(
+        None, f"folder holding mnist/ and fashion-mnist/ with the four IDX .gz files "
+              f"(default: ${data.DATA_DIR_ENV}, else fetched with tensorflow-datasets)")
+    epochs: int = _field(60, "passes over the training data")
+    hidden: typing.Tuple[int, ...] = _field(
+        (2000, 2000, 2000, 2000), "hidden layer widths, e.g. --hidden 2000 2000 2000 2000")
+    batch_size: int = _field(100, "minibatch size (positives; as many negatives)")
+    lr: float = _field(0.002, "peak learning rate")
+    optimizer: str = _field("adam", f"optimizer of every layer: {', '.join(optim.OPTIMIZERS)}")
+    lr_decay: bool = _field(True, "constant lr for half the run, then linear decay to 0")
+    theta: typing.Optional[float] = _field(
+        None, "goodness threshold on the sum of squares (default: each layer's width)")
+    norm: str = _field("rms", "length normalization before each layer: rms or l2")
+    label_strength: float = _field(2.0, "value of the one-hot label written into the "
+                                        "first C input features")
+    score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
+        None, "0-based layers whose goodness is summed at test time "
+              "(default: all but the first when there are two or more)")
+    validation_size: int = _field(
+        0, "hold out the last N training examples for validation; per-epoch evaluation "
+           "then uses them instead of the test set (choose hyperparameters on this)")
+    eval_every: int = _field(1, "evaluate every N epochs (0: only at the end)")
+    seed: int = _field(0, "random seed (initialization, shuffling, negative labels)")
+    out_dir: typing.Optional[str] = _field(
+        None, "run directory (default: runs/<dataset>-<date>-<time>)")
+    overwrite: bool = _field(False, "allow writing into a run directory that has files")
+
+
+class UsageError(ValueError):
+    """A bad setting or input, reported to the user as one line."""
+
+
+def _flag_type(hint):
+    """(argparse kwargs) for a field's type hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:  # Optional[X]
+        return _flag_type(next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        return {"type": args[0], "nargs": "+"}
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": hint}
+
+
+def make_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
+    """Argument parser with one flag per Config field, defaults taken from `defaults`."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
+                            default=getattr(defaults, f.name), help=f.metadata["help"],
+                            **_flag_type(hints[f.name]))
+    return parser
+
+
+def parse_config(argv, defaults: Config, description: str = "") -> Config:
+    args = make_parser(defaults, description).parse_args(argv)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    return dataclasses.replace(defaults, **values)
+
+
+def check_config(cfg: Config) -> None:
+    """Rejects impossible settings before any data is loaded or anything compiled."""
+    def bad(msg):
+        raise UsageError(msg)
+
+    if cfg.epochs <= 0:
+        bad(f"--epochs {cfg.epochs}: must be a positive integer.")
+    if not cfg.hidden or any(h <= 0 for h in cfg.hidden):
+        bad(f"--hidden {' '.join(map(str, cfg.hidden))}: widths must be positive integers.")
+    if cfg.batch_size <= 0:
+        bad(f"--batch-size {cfg.batch_size}: must be a positive integer.")
+    if not cfg.lr > 0:
+        bad(f"--lr {cfg.lr}: must be positive.")
+    if cfg.optimizer not in optim.OPTIMIZERS:
+        bad(f"--optimizer {cfg.optimizer}: choose one of {', '.join(optim.OPTIMIZERS)}.")
+    if cfg.norm not in layers.NORMS:
+        bad(f"--norm {cfg.norm}: choose one of {', '.join(layers.NORMS)}.")
+    if cfg.theta is not None and not cfg.theta > 0:
+        bad(f"--theta {cfg.theta}: must be positive.")
+    if cfg.validation_size < 0:
+        bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
+    if cfg.eval_every < 0:
+        bad(f"--eval-every {cfg.eval_every}: must be >= 0.")
+    if cfg.score_layers is not None:
+        try:
+            inference.resolve_score_layers(cfg.score_layers, len(cfg.hidden))
+        except ValueError as e:
+            bad(f"--score-layers: {e}")
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Creates the run directory; refuses one that holds files unless --overwrite."""
+    if cfg.out_dir:
+        run_dir = Path(cfg.out_dir)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{cfg.dataset}-{stamp}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out-dir {run_dir} exists and is not a directory.")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not cfg.overwrite:
+        raise UsageError(f"run directory {run_dir} already holds files; choose another "
+                         "--out-dir or pass --overwrite to write into it.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def device_description() -> str:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"{d.platform} ({d.device_kind}) x{jax.device_count()}"
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = f"python -m {spec.name}" if spec and spec.name else f"python {sys.argv[0]}"
+    return " ".join([head] + sys.argv[1:])
+
+
+def _layer_row(metrics: objective.LayerMetrics) -> dict:
+    return {f"layer_{k}": [round(float(v), 6) for v in np.atleast_1d(getattr(metrics, k))]
+            for k in objective.LayerMetrics._fields}
+
+
+def run(cfg: Config) -> dict:
+    """Trains and evaluates one FF network as `cfg` says; returns results.json's content."""
+    check_config(cfg)
+    ds = data.load(cfg.dataset, cfg.data_dir)
+    x_fit, y_fit = ds.x_train, ds.y_train
+    if cfg.validation_size:
+        if cfg.validation_size >= len(y_fit):
+            raise UsageError(f"--validation-size {cfg.validation_size} leaves no training "
+                             f"data ({len(y_fit)} examples).")
+        x_fit, y_fit, x_val, y_val = data.split_validation(x_fit, y_fit, cfg.validation_size)
+    if cfg.batch_size > len(y_fit):
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set "
+                         f"({len(y_fit)} examples).")
+    run_dir = prepare_run_dir(cfg)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    predict = inference.make_predict(num_classes=ds.num_classes,
+                                     label_strength=cfg.label_strength, norm=cfg.norm,
+                                     score_layers=cfg.score_layers)
+    eval_split, x_eval, y_eval = (("validation", x_val, y_val) if cfg.validation_size
+                                  else ("test", ds.x_test, ds.y_test))
+    x_eval_dev = jax.device_put(x_eval)
+
+    def evaluate(params, x_dev, y):
+        t0 = time.perf_counter()
+        p = jax.device_get(predict(params, x_dev))
+        acc = inference.accuracy(p.combined, y)
+        per_layer = [inference.accuracy(p.per_layer[:, i], y) for i in range(len(cfg.hidden))]
+        return acc, per_layer, p.combined, time.perf_counter() - t0
+
+    steps = cfg.epochs * (len(y_fit) // cfg.batch_size)
+    optimizer = optim.make_optimizer(cfg.optimizer, lr=cfg.lr, total_steps=steps,
+                                     decay=cfg.lr_decay)
+    from tqdm.auto import tqdm
+
+    rows = []
+    bar = tqdm(total=cfg.epochs, desc=f"FF {cfg.dataset}", unit="epoch")
+    metrics_file = open(run_dir / "metrics.jsonl", "w")
+
+    def on_epoch(report: trainer.EpochReport, state):
+        e = report.epoch + 1
+        row = {"epoch": e, "seconds": round(report.seconds, 4), **_layer_row(report.metrics)}
+        if (cfg.eval_every and e % cfg.eval_every == 0) or e == cfg.epochs:
+            acc, per_layer, _, secs = evaluate(train.params_of(state), x_eval_dev, y_eval)
+            row.update(eval_split=eval_split, eval_accuracy=acc,
+                       eval_accuracy_per_layer=per_layer, eval_seconds=round(secs, 4))
+        rows.append(row)
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+        postfix = {"loss": f"{float(np.mean(report.metrics.loss)):.3f}"}
+        if "eval_accuracy" in row:
+            postfix[f"{eval_split[:4]}_acc"] = f"{100 * row['eval_accuracy']:.2f}%"
+        bar.set_postfix(postfix)
+        bar.update(1)
+
+    try:
+        result = trainer.fit(jax.random.key(cfg.seed), x_fit, y_fit, hidden=cfg.hidden,
+                         epochs=cfg.epochs, num_classes=ds.num_classes,
+                         batch_size=cfg.batch_size, optimizer=optimizer, theta=cfg.theta,
+                         norm=cfg.norm, label_strength=cfg.label_strength, on_epoch=on_epoch)
+    finally:
+        bar.close()
+        metrics_file.close()
+
+    params = train.params_of(result.state)
+    test_acc, test_per_layer, test_pred, test_secs = evaluate(
+        params, jax.device_put(ds.x_test), ds.y_test)
+    results = {
+        "test_accuracy": test_acc,
+        "test_error": 1.0 - test_acc,
+        "test_accuracy_per_layer": test_per_layer,
+        "score_layers": list(inference.resolve_score_layers(cfg.score_layers,
+                                                            len(cfg.hidden))),
+        "train_seconds": result.train_seconds,
+        "compile_seconds": result.compile_seconds,
+        "seconds_per_epoch_median": float(np.median([r.seconds for r in result.history])),
+        "test_eval_seconds": test_secs,
+        "epochs": cfg.epochs,
+        "num_train": int(len(y_fit)),
+        "device": device_description(),
+        "jax_version": jax.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command_line(),
+        "config": dataclasses.asdict(cfg),
+        "run_dir": str(run_dir),
+    }
+    if cfg.validation_size:
+        results["validation_accuracy"] = rows[-1]["eval_accuracy"]
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+
+    plots.plot_layer_losses(rows, run_dir / "loss.png")
+    plots.plot_accuracy(rows, run_dir / "accuracy.png")
+    plots.plot_predictions(ds.x_test, ds.y_test, test_pred, ds.class_names,
+                           run_dir / "predictions.png")
+    return results
+
+
+def main(defaults: Config, description: str, argv=None) -> int:
+    """CLI entry: parse flags, run, print a summary; bad input -> one line, exit code 2."""
+    cfg = parse_config(argv, defaults, description)
+    try:
+        results = run(cfg)
+    except (UsageError, data.DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"test accuracy {100 * results['test_accuracy']:.2f}% "
+          f"(error {100 * results['test_error']:.2f}%), "
+          f"train {results['train_seconds']:.1f}s + compile {results['compile_seconds']:.1f}s "
+          f"on {results['device']}; run directory: {results['run_dir']}")
+    return 0

@@ -1,0 +1,46 @@
+"""Optax optimizers for FF layers from plain settings (name, lr, schedule)."""
+
+from __future__ import annotations
+
+import optax
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def lr_schedule(lr: float, total_steps: int | None, *, decay: bool = True):
+    """Constant lr for the first half of training, then linear decay to 0 (the reference
+    recipe's schedule). Without total_steps or with decay=False, a constant lr."""
+    if not decay or not total_steps:
+        return lr
+    half = max(int(total_steps) // 2, 1)
+    return optax.join_schedules(
+        [optax.constant_schedule(lr),
+         optax.linear_schedule(lr, 0.0, max(int(total_steps) - half, 1))],
+        [half],
+    )
+
+
+def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = None,
+                   decay: bool = True, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """An optax optimizer; each FF layer gets its own state of it.
+
+    Args:
+      name: "adam" (AdamW when weight_decay > 0) or "sgd" (with momentum).
+      lr: peak learning rate.
+      total_steps: minibatch steps of the whole run, for the decay schedule.
+      decay: constant-then-linear-decay schedule (True) or constant lr.
+      momentum: SGD momentum.
+      weight_decay: decoupled weight decay.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is not known; choose one of {OPTIMIZERS}.")
+    if not lr > 0:
+        raise ValueError(f"lr={lr} must be positive.")
+    schedule = lr_schedule(lr, total_steps, decay=decay)
+    if name == "adam":
+        if weight_decay:
+            return optax.adamw(schedule, weight_decay=weight_decay)
+        return optax.adam(schedule)
+    chain = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    return optax.chain(*chain, optax.sgd(schedule, momentum=momentum))

@@ -1,0 +1,93 @@
+"""PNG plots of a run: per-layer loss curves, accuracy per epoch, a grid of predictions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_layer_losses(rows: Sequence[dict], path) -> Path:
+    """Each layer's mean FF loss per epoch (log scale) from metrics.jsonl rows."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in rows]
+    losses = np.array([r["layer_loss"] for r in rows])
+    for layer in range(losses.shape[1]):
+        ax.plot(epochs, losses[:, layer], marker=".", label=f"layer {layer + 1}")
+    ax.set(xlabel="epoch", ylabel="FF loss (mean over minibatches)", yscale="log",
+           title="Per-layer loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_accuracy(rows: Sequence[dict], path) -> Path:
+    """Evaluation accuracy per epoch (combined and per layer) and each layer's own
+    pos/neg training accuracy."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    evald = [r for r in rows if r.get("eval_accuracy") is not None]
+    if evald:
+        ep = [r["epoch"] for r in evald]
+        split = evald[-1].get("eval_split", "eval")
+        ax1.plot(ep, [100 * r["eval_accuracy"] for r in evald], marker="o", lw=2,
+                 label="combined readout")
+        per = np.array([r["eval_accuracy_per_layer"] for r in evald])
+        for layer in range(per.shape[1]):
+            ax1.plot(ep, 100 * per[:, layer], ls="--", label=f"layer {layer + 1} alone")
+        ax1.set(title=f"{split} accuracy (goodness readout)")
+    ax1.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    epochs = [r["epoch"] for r in rows]
+    pos = np.array([r["layer_acc_pos"] for r in rows])
+    neg = np.array([r["layer_acc_neg"] for r in rows])
+    for layer in range(pos.shape[1]):
+        (line,) = ax2.plot(epochs, 100 * pos[:, layer], label=f"layer {layer + 1} pos")
+        ax2.plot(epochs, 100 * neg[:, layer], ls=":", color=line.get_color(),
+                 label=f"layer {layer + 1} neg")
+    ax2.set(xlabel="epoch", ylabel="% on the right side of theta",
+            title="Per-layer training accuracy")
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_predictions(x_NxD: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
+                     class_names: Sequence[str], path, *, count: int = 36) -> Path:
+    """A grid of the first `count` examples (square images) titled predicted / true;
+    wrong predictions in red."""
+    count = min(count, len(x_NxD))
+    side = int(round(math.sqrt(x_NxD.shape[1])))
+    if side * side != x_NxD.shape[1]:
+        raise ValueError(f"features of width {x_NxD.shape[1]} are not square images.")
+    cols = int(math.ceil(math.sqrt(count)))
+    rows = int(math.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i >= count:
+            continue
+        ax.imshow(np.asarray(x_NxD[i]).reshape(side, side), cmap="gray")
+        ok = int(y_pred[i]) == int(y_true[i])
+        ax.set_title(f"{class_names[int(y_pred[i])]} / {class_names[int(y_true[i])]}",
+                     fontsize=7, color="black" if ok else "red")
+    fig.suptitle("predicted / true (wrong in red)", fontsize=9)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    for ax in fig.axes:
+        if ax.get_xlabel() == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
