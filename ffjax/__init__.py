@@ -7,7 +7,7 @@ from ffjax.inference import (Predictions, accuracy, label_scores, layer_goodness
 from ffjax.labels import embed_label, embed_neutral, to_float, uniform_wrong_labels
 from ffjax.layers import DenseParams, block, forward, init_dense, init_network, normalize
 from ffjax.objective import LayerMetrics, ff_loss, goodness, layer_metrics
-from ffjax.optim import make_optimizer
+from ffjax.optim import layer_learning_rates, make_layer_optimizers, make_optimizer
 from ffjax.train import (LayerState, TrainState, init_train_state, local_losses,
                          make_train_epoch, params_of, train_step)
 

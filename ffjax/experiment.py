@@ -35,7 +35,10 @@ class Config:
     hidden: typing.Tuple[int, ...] = _field(
         (2000, 2000, 2000, 2000), "hidden layer widths, e.g. --hidden 2000 2000 2000 2000")
     batch_size: int = _field(100, "minibatch size (positives; as many negatives)")
-    lr: float = _field(0.002, "peak learning rate")
+    lr: float = _field(0.0015, "peak learning rate of a layer with 1000 inputs (see "
+                              "--lr-scaling)")
+    lr_scaling: str = _field("fan_in", "fan_in: a layer with n inputs uses lr*1000/n; "
+                                       "none: lr for every layer")
     optimizer: str = _field("adam", f"optimizer of every layer: {', '.join(optim.OPTIMIZERS)}")
     lr_decay: bool = _field(True, "constant lr for half the run, then linear decay to 0")
     theta: typing.Optional[float] = _field(
@@ -105,6 +108,8 @@ def check_config(cfg: Config) -> None:
         bad(f"--lr {cfg.lr}: must be positive.")
     if cfg.optimizer not in optim.OPTIMIZERS:
         bad(f"--optimizer {cfg.optimizer}: choose one of {', '.join(optim.OPTIMIZERS)}.")
+    if cfg.lr_scaling not in optim.LR_SCALINGS:
+        bad(f"--lr-scaling {cfg.lr_scaling}: choose one of {', '.join(optim.LR_SCALINGS)}.")
     if cfg.norm not in layers.NORMS:
         bad(f"--norm {cfg.norm}: choose one of {', '.join(layers.NORMS)}.")
     if cfg.theta is not None and not cfg.theta > 0:
@@ -186,8 +191,9 @@ def run(cfg: Config) -> dict:
         return acc, per_layer, p.combined, time.perf_counter() - t0
 
     steps = cfg.epochs * (len(y_fit) // cfg.batch_size)
-    optimizer = optim.make_optimizer(cfg.optimizer, lr=cfg.lr, total_steps=steps,
-                                     decay=cfg.lr_decay)
+    optimizer = optim.make_layer_optimizers(
+        cfg.optimizer, lr=cfg.lr, sizes=(ds.x_train.shape[1],) + tuple(cfg.hidden),
+        scaling=cfg.lr_scaling, total_steps=steps, decay=cfg.lr_decay)
     from tqdm.auto import tqdm
 
     rows = []

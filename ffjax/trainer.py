@@ -29,7 +29,7 @@ class FitResult(NamedTuple):
 
 
 def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
-        num_classes: int, batch_size: int = 100, optimizer=None, lr: float = 0.002,
+        num_classes: int, batch_size: int = 100, optimizer=None, lr: float = 0.0015,
         theta=None, norm: str = "rms", label_strength: float = 1.0,
         on_epoch: Callable[[EpochReport, train.TrainState], None] | None = None
         ) -> FitResult:
@@ -43,8 +43,10 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
       epochs: passes over the data.
       num_classes: C (C <= D).
       batch_size: minibatch size.
-      optimizer: an optax.GradientTransformation (or one per layer); default Adam at
-        `lr`, constant for the first half of training then linearly decayed to 0.
+      optimizer: an optax.GradientTransformation (or one per layer); default: Adam per
+        layer at lr * 1000 / fan_in (optim.layer_learning_rates), constant for the
+        first half of training then linearly decayed to 0.
+      lr: the default optimizer's learning rate for a layer with 1000 inputs.
       theta: goodness threshold(s); None = each layer's width.
       norm: "rms" (default) or "l2" length normalization before every layer.
       label_strength: value of the one-hot label features.
@@ -58,12 +60,14 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
                          "of training examples).")
     hidden = tuple(int(h) for h in hidden)
     steps_per_epoch = len(y_N) // int(batch_size)
+    sizes = (int(x_NxD.shape[1]),) + hidden
     if optimizer is None:
-        optimizer = optim.make_optimizer("adam", lr=lr, total_steps=epochs * steps_per_epoch)
+        optimizer = optim.make_layer_optimizers("adam", lr=lr, sizes=sizes,
+                                                total_steps=epochs * steps_per_epoch)
     thetas = objective.resolve_thetas(theta, hidden)
 
     init_key, data_key = jax.random.split(key)
-    state = train.init_train_state(init_key, (x_NxD.shape[1],) + hidden, optimizer)
+    state = train.init_train_state(init_key, sizes, optimizer)
     x, y = jax.device_put(x_NxD), jax.device_put(y_N)
     epoch_fn = train.make_train_epoch(optimizer, batch_size=batch_size,
                                       num_classes=num_classes, thetas=thetas, norm=norm,
