@@ -1,0 +1,119 @@
+"""FF training epoch and ten-label inference time: `python -m benchmarks.epoch_time --help`.
+
+Times one MNIST-sized epoch (60k examples of 784 uint8 features, 10 classes) of the
+ffjax training loop for several architectures: compilation reported apart, then the
+median of --repeats epochs (each blocked until ready), and the median time of goodness
+inference over 10k test-sized examples. The data are random pixels: the work per epoch
+does not depend on their values. Results go to benchmarks/results/<device>-<date>-epoch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ffjax import experiment, inference, objective, optim, train
+
+DEFAULT_CONFIGS = ("784-500-500", "784-1000-1000-1000", "784-2000-2000-2000-2000")
+
+
+def _timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_config(sizes, *, batch_size, repeats, n_train=60_000, n_test=10_000, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jax.device_put(rng.integers(0, 256, (n_train, sizes[0]), dtype=np.uint8))
+    y = jax.device_put(rng.integers(0, 10, (n_train,), dtype=np.int32))
+    x_test = jax.device_put(rng.integers(0, 256, (n_test, sizes[0]), dtype=np.uint8))
+    steps = n_train // batch_size
+    opts = optim.make_layer_optimizers("adam", lr=0.0015, sizes=sizes,
+                                       total_steps=steps * (repeats + 1))
+    key = jax.random.key(seed)
+    init_key, data_key = jax.random.split(key)
+    state = train.init_train_state(init_key, sizes, opts)
+    epoch = train.make_train_epoch(opts, batch_size=batch_size, num_classes=10,
+                                   thetas=objective.resolve_thetas(None, sizes[1:]),
+                                   label_strength=2.0)
+    t0 = time.perf_counter()
+    compiled = epoch.lower(state, x, y, jax.random.fold_in(data_key, 0)).compile()
+    compile_s = time.perf_counter() - t0
+    box = {"state": state, "e": 0}
+
+    def one_epoch():
+        box["e"] += 1
+        box["state"], m = compiled(box["state"], x, y, jax.random.fold_in(data_key, box["e"]))
+        return box["state"], m
+
+    one_epoch()  # warm-up
+    epoch_times = _timed(one_epoch, repeats)
+
+    predict = inference.make_predict(num_classes=10, label_strength=2.0)
+    params = train.params_of(box["state"])
+    t0 = time.perf_counter()
+    jax.block_until_ready(predict(params, x_test))  # compile + first run
+    infer_first = time.perf_counter() - t0
+    infer_times = _timed(lambda: predict(params, x_test), max(repeats, 5))
+    flops = 6 * 2 * batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * steps
+    return {
+        "sizes": list(sizes),
+        "batch_size": batch_size,
+        "compile_seconds": compile_s,
+        "epoch_seconds_median": statistics.median(epoch_times),
+        "epoch_seconds_all": epoch_times,
+        "train_tflop_per_epoch": flops / 1e12,
+        "achieved_tflops": flops / 1e12 / statistics.median(epoch_times),
+        "infer_10k_seconds_median": statistics.median(infer_times),
+        "infer_compile_and_first_seconds": infer_first,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+                        help="architectures as D-H1-H2-..., e.g. 784-2000-2000")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per config")
+    parser.add_argument("--out", default=None, help="output JSON (default: "
+                        "benchmarks/results/<device>-<date>-epoch.json)")
+    args = parser.parse_args(argv)
+    device = experiment.device_description()
+    rows = []
+    for cfg in args.configs:
+        sizes = tuple(int(s) for s in cfg.split("-"))
+        row = bench_config(sizes, batch_size=args.batch_size, repeats=args.repeats)
+        rows.append(row)
+        print(f"{cfg:>28}  batch {args.batch_size}: epoch {row['epoch_seconds_median']:.3f}s "
+              f"(compile {row['compile_seconds']:.1f}s, {row['achieved_tflops']:.2f} TFLOP/s)"
+              f"  10-label inference on 10k: {1e3 * row['infer_10k_seconds_median']:.1f} ms",
+              flush=True)
+    record = {
+        "benchmark": "epoch_time",
+        "device": device,
+        "jax_version": jax.__version__,
+        "date": datetime.date.today().isoformat(),
+        "command": experiment.command_line(),
+        "results": rows,
+    }
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    out = Path(args.out or f"benchmarks/results/{slug}-{record['date']}-epoch.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

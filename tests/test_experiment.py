@@ -1,0 +1,82 @@
+"""The experiment entry points, run as a user runs them (real CLI, real data)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+RESULT_KEYS = {"test_accuracy", "test_error", "train_seconds", "compile_seconds", "epochs",
+               "device", "jax_version", "config", "test_accuracy_per_layer", "command"}
+
+
+def _run(module, *args, env=None):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 2, "--hidden", 64, 32,
+                "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test accuracy" in proc.stdout
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "metrics.jsonl", "results.json", "loss.png", "accuracy.png",
+            "predictions.png"} <= files
+    assert all((out / f).stat().st_size > 1000 for f in ("loss.png", "predictions.png"))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert len(r["layer_loss"]) == 2 and len(r["layer_acc_pos"]) == 2
+        assert r["seconds"] > 0 and r["eval_split"] == "test"
+    results = json.loads((out / "results.json").read_text())
+    assert RESULT_KEYS <= set(results)
+    assert results["config"]["hidden"] == [64, 32] and results["epochs"] == 2
+    assert abs(results["test_error"] + results["test_accuracy"] - 1.0) < 1e-9
+    assert results["test_accuracy"] > 0.85
+    assert results["command"].startswith("python -m experiments.mnist")
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+
+    again = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden", 8,
+                 "--out-dir", out)
+    assert again.returncode == 2
+    assert "already holds files" in again.stderr and "Traceback" not in again.stderr
+    assert json.loads((out / "results.json").read_text()) == results  # nothing lost
+
+
+def test_fashion_mnist_experiment_with_validation_split(data_dir, tmp_path):
+    out = tmp_path / "fm"
+    proc = _run("experiments.fashion_mnist", "--epochs", 1, "--hidden", 32,
+                "--validation-size", 10000, "--out-dir", out,
+                env={"FFJAX_DATA_DIR": str(data_dir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_train"] == 50000 and 0.5 < results["validation_accuracy"] <= 1
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["eval_split"] == "validation"
+
+
+def test_help_explains_every_flag():
+    proc = _run("experiments.mnist", "--help")
+    assert proc.returncode == 0
+    for flag in ("--data-dir", "--epochs", "--hidden", "--batch-size", "--lr", "--seed",
+                 "--out-dir", "--theta", "--validation-size"):
+        assert flag in proc.stdout
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--epochs", "0"], "--epochs 0: must be a positive integer"),
+    (["--hidden", "100", "-5"], "--hidden 100 -5: widths must be positive"),
+    (["--lr", "-1"], "--lr -1.0: must be positive"),
+    (["--norm", "layer"], "--norm layer: choose one of rms, l2"),
+    (["--data-dir", "/nonexistent/ffjax"], "does not exist"),
+])
+def test_bad_settings_give_one_line_and_exit_code_2(args, msg, tmp_path):
+    proc = _run("experiments.mnist", *args, "--out-dir", tmp_path / "x")
+    assert proc.returncode == 2
+    assert msg in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,53 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ffjax import layers
+
+
+def test_rms_normalize_gives_mean_square_one():
+    x = jax.random.normal(jax.random.key(0), (5, 37)) * 7.0
+    y = layers.normalize(x, norm="rms")
+    np.testing.assert_allclose(jnp.mean(y**2, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_l2_normalize_gives_unit_length():
+    x = jax.random.normal(jax.random.key(1), (5, 37)) * 0.01
+    y = layers.normalize(x, norm="l2")
+    np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_normalize_keeps_direction_and_zero_rows():
+    x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+    y = layers.normalize(x, norm="l2")
+    np.testing.assert_allclose(y[0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(y[1], [0.0, 0.0])
+
+
+def test_normalize_rejects_unknown_norm():
+    with pytest.raises(ValueError, match="norm='layer'"):
+        layers.normalize(jnp.ones((1, 3)), norm="layer")
+
+
+def test_block_is_normalize_dense_relu():
+    p = layers.init_dense(jax.random.key(2), 6, 4)
+    x = jax.random.normal(jax.random.key(3), (3, 6))
+    expected = jnp.maximum(layers.normalize(x) @ p.w + p.b, 0.0)
+    np.testing.assert_allclose(layers.block(p, x), expected, rtol=1e-6)
+
+
+def test_init_network_shapes_and_independent_layer_keys():
+    net = layers.init_network(jax.random.key(0), [8, 8, 8])
+    assert [p.w.shape for p in net] == [(8, 8), (8, 8)]
+    assert not np.allclose(net[0].w, net[1].w)  # a separate key per layer
+    assert all(float(jnp.abs(p.b).max()) == 0.0 for p in net)
+    # N(0, 1/fan_in): variance close to 1/8 over a large layer
+    big = layers.init_network(jax.random.key(1), [400, 300])
+    assert abs(float(jnp.var(big[0].w)) * 400 - 1.0) < 0.05
+
+
+@pytest.mark.parametrize("sizes", [[784], [784, 0], [784, -3, 10]])
+def test_init_network_rejects_bad_sizes(sizes):
+    with pytest.raises(ValueError, match="sizes"):
+        layers.init_network(jax.random.key(0), sizes)

@@ -1,0 +1,133 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ffjax import objective, optim, train
+
+SIZES = (12, 16, 16, 8)
+THETAS = objective.resolve_thetas(None, SIZES[1:])
+
+
+def _batch(seed, n=6, d=SIZES[0]):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return jax.random.uniform(k1, (n, d)), jax.random.uniform(k2, (n, d))
+
+
+def test_locality_gradient_of_layer_k_is_exactly_zero_below_k():
+    state = train.init_train_state(jax.random.key(0), SIZES, optax.sgd(0.1))
+    params = train.params_of(state)
+    x_pos, x_neg = _batch(1)
+    for k in range(len(params)):
+        grads = jax.grad(
+            lambda p: train.local_losses(p, x_pos, x_neg, thetas=THETAS)[0][k])(params)
+        for j, g in enumerate(grads):
+            total = sum(float(jnp.abs(leaf).sum()) for leaf in jax.tree.leaves(g))
+            if j == k:
+                assert total > 0.0, f"layer {k} gets no gradient from its own loss"
+            else:
+                assert total == 0.0, f"layer {k}'s loss sends gradient to layer {j}"
+
+
+def test_each_layer_has_its_own_optimizer_state():
+    opts = (optax.sgd(0.5), optax.sgd(0.0), optax.adam(0.01))
+    state = train.init_train_state(jax.random.key(0), SIZES, opts)
+    assert isinstance(state.layers[2].opt_state[0], optax.ScaleByAdamState)
+    x_pos, x_neg = _batch(2)
+    new, metrics = train.train_step(state, x_pos, x_neg, optimizer=opts, thetas=THETAS)
+    assert metrics.loss.shape == (3,)
+    old_p, new_p = train.params_of(state), train.params_of(new)
+    assert not np.allclose(old_p[0].w, new_p[0].w)
+    np.testing.assert_array_equal(old_p[1].w, new_p[1].w)  # lr 0: untouched
+    assert int(new.layers[2].opt_state[0].count) == 1
+
+
+def test_train_step_lowers_every_layer_loss():
+    opt = optax.adam(1e-2)
+    state = train.init_train_state(jax.random.key(3), SIZES, opt)
+    x_pos, x_neg = _batch(4)
+    before, _ = train.local_losses(train.params_of(state), x_pos, x_neg, thetas=THETAS)
+    for _ in range(20):
+        state, _ = train.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
+    after, _ = train.local_losses(train.params_of(state), x_pos, x_neg, thetas=THETAS)
+    assert bool(jnp.all(after < before))
+
+
+def test_one_step_regression_value():
+    """Pins one SGD step on fixed data; a change here changes training results."""
+    opt = optax.sgd(1e-3)
+    state = train.init_train_state(jax.random.key(42), SIZES, opt)
+    x = jnp.linspace(0.0, 1.0, 6 * SIZES[0]).reshape(6, SIZES[0])
+    x_pos, x_neg = x, x[::-1]
+    state, m = train.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
+    losses, _ = train.local_losses(train.params_of(state), x_pos, x_neg, thetas=THETAS)
+    np.testing.assert_allclose(m.loss, [12.72972, 13.05376, 6.58952], rtol=1e-3)
+    np.testing.assert_allclose(losses, [12.57737, 12.86305, 6.50036], rtol=1e-3)
+
+
+def _toy_data(n=64, d=SIZES[0], c=4, seed=0):
+    kx, ky = jax.random.split(jax.random.key(seed))
+    x = jax.random.randint(kx, (n, d), 0, 256).astype(jnp.uint8)
+    y = jax.random.randint(ky, (n,), 0, c)
+    return x, y
+
+
+def test_epoch_traces_once_over_several_epochs():
+    x, y = _toy_data()
+    opt = optax.adam(1e-3)
+    kwargs = dict(batch_size=16, num_classes=4, thetas=THETAS)
+    counted = chex.assert_max_traces(train.make_train_epoch(opt, jit=False, **kwargs), n=1)
+    epoch = jax.jit(counted, donate_argnums=0)
+    real = train.make_train_epoch(opt, **kwargs)
+    s1 = train.init_train_state(jax.random.key(0), SIZES, opt)
+    s2 = train.init_train_state(jax.random.key(0), SIZES, opt)
+    data_key = jax.random.key(1)
+    for e in range(4):
+        s1, m1 = epoch(s1, x, y, jax.random.fold_in(data_key, e))
+        s2, m2 = real(s2, x, y, jax.random.fold_in(data_key, e))
+    assert m1.loss.shape == (3,)
+    if hasattr(real, "_cache_size"):
+        assert real._cache_size() == 1
+    chex.clear_trace_counter()
+
+
+def test_same_seed_same_results_and_different_seed_differs():
+    x, y = _toy_data()
+
+    def run(seed):
+        opt = optim.make_optimizer("adam", lr=1e-2, total_steps=12)
+        st = train.init_train_state(jax.random.key(seed), SIZES, opt)
+        ep = train.make_train_epoch(opt, batch_size=16, num_classes=4, thetas=THETAS)
+        out = []
+        for e in range(3):
+            st, m = ep(st, x, y, jax.random.fold_in(jax.random.key(seed + 100), e))
+            out.append(np.asarray(m.loss))
+        return np.stack(out), np.asarray(train.params_of(st)[0].w)
+
+    a, b, c = run(0), run(0), run(1)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_epoch_rejects_batch_larger_than_data():
+    x, y = _toy_data(n=8)
+    opt = optax.sgd(0.1)
+    ep = train.make_train_epoch(opt, batch_size=16, num_classes=4, thetas=THETAS)
+    st = train.init_train_state(jax.random.key(0), SIZES, opt)
+    with pytest.raises(ValueError, match="batch_size=16 is larger than the dataset"):
+        ep(st, x, y, jax.random.key(1))
+
+
+def test_optimizer_count_mismatch_is_reported():
+    with pytest.raises(ValueError, match="one per hidden layer"):
+        train.init_train_state(jax.random.key(0), SIZES, (optax.sgd(0.1),))
+
+
+def test_layer_learning_rates_scale_with_fan_in():
+    assert optim.layer_learning_rates(0.002, [500, 2000]) == (0.004, 0.001)
+    assert optim.layer_learning_rates(0.002, [500, 2000], scaling="none") == (0.002, 0.002)
+    with pytest.raises(ValueError, match="lr scaling"):
+        optim.layer_learning_rates(0.002, [500], scaling="muP")
