@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ffjax import data, inference, layers, objective, optim, plots, train, trainer
+from ffjax import data, inference, labels, layers, objective, optim, plots, train, trainer
 
 
 def _field(default, help: str):
@@ -44,8 +44,9 @@ class Config:
     theta: typing.Optional[float] = _field(
         None, "goodness threshold on the sum of squares (default: each layer's width)")
     norm: str = _field("rms", "length normalization before each layer: rms or l2")
-    label_strength: float = _field(2.0, "value of the one-hot label written into the "
-                                        "first C input features")
+    label_strength: float = _field(
+        labels.DEFAULT_STRENGTH, "value of the one-hot label written into the first C "
+                                 "input features")
     score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
         None, "0-based layers whose goodness is summed at test time "
               "(default: all but the first when there are two or more)")

@@ -30,7 +30,8 @@ def resolve_score_layers(score_layers, num_layers: int) -> tuple[int, ...]:
 
 
 def layer_goodness(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
-                   label_strength: float = 1.0, norm: str = "rms") -> jax.Array:
+                   label_strength: float = labels.DEFAULT_STRENGTH,
+                   norm: str = "rms") -> jax.Array:
     """Goodness of every layer for every candidate label, vmapped over the labels.
 
     Args:
@@ -52,7 +53,7 @@ def layer_goodness(params: layers.Network, x_BxD: jax.Array, *, num_classes: int
 
 
 def label_scores(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
-                 label_strength: float = 1.0, norm: str = "rms",
+                 label_strength: float = labels.DEFAULT_STRENGTH, norm: str = "rms",
                  score_layers: Sequence[int] | None = None) -> jax.Array:
     """(B, C) goodness summed over the chosen layers; the prediction is its argmax."""
     chosen = resolve_score_layers(score_layers, len(params))
@@ -68,8 +69,9 @@ class Predictions(NamedTuple):
     per_layer: jax.Array
 
 
-def make_predict(*, num_classes: int, label_strength: float = 1.0, norm: str = "rms",
-                 score_layers: Sequence[int] | None = None, chunk_size: int = 1000):
+def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STRENGTH,
+                 norm: str = "rms", score_layers: Sequence[int] | None = None,
+                 chunk_size: int = 1000):
     """Builds a jitted `predict(params, x_NxD) -> Predictions` for any N.
 
     The examples are processed `chunk_size` at a time inside one device call
@@ -99,7 +101,7 @@ def make_predict(*, num_classes: int, label_strength: float = 1.0, norm: str = "
 
 
 def predict(params: layers.Network, x_NxD: jax.Array, *, num_classes: int,
-            label_strength: float = 1.0, norm: str = "rms",
+            label_strength: float = labels.DEFAULT_STRENGTH, norm: str = "rms",
             score_layers: Sequence[int] | None = None, chunk_size: int = 1000) -> jax.Array:
     """Predicted labels (N,) by the goodness readout. Convenience over make_predict."""
     if score_layers is not None:

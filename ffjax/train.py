@@ -99,8 +99,8 @@ def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_BxD: jax.Array, *,
 
 
 def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
-                     thetas: Sequence[float], norm: str = "rms", label_strength: float = 1.0,
-                     jit: bool = True):
+                     thetas: Sequence[float], norm: str = "rms",
+                     label_strength: float = labels.DEFAULT_STRENGTH, jit: bool = True):
     """Builds `epoch(state, x_NxD, y_N, key) -> (state, LayerMetrics)`.
 
     One call is one pass over the data on the device: the examples are shuffled with

@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from ffjax import data, objective, optim, train
+from ffjax import data, labels, objective, optim, train
 
 
 class EpochReport(NamedTuple):
@@ -30,7 +30,7 @@ class FitResult(NamedTuple):
 
 def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         num_classes: int, batch_size: int = 100, optimizer=None, lr: float = 0.0015,
-        theta=None, norm: str = "rms", label_strength: float = 1.0,
+        theta=None, norm: str = "rms", label_strength: float = labels.DEFAULT_STRENGTH,
         on_epoch: Callable[[EpochReport, train.TrainState], None] | None = None
         ) -> FitResult:
     """Trains an FF network on (x, y) with every layer learning locally.

@@ -12,9 +12,8 @@ def test_small_network_learns_mnist(mnist):
     n = 20_000
     t0 = time.perf_counter()
     result = ffjax.fit(jax.random.key(0), mnist.x_train[:n], mnist.y_train[:n],
-                       hidden=(256, 256), epochs=4, num_classes=10, label_strength=2.0)
-    pred = ffjax.predict(ffjax.params_of(result.state), mnist.x_test, num_classes=10,
-                         label_strength=2.0)
+                       hidden=(256, 256), epochs=4, num_classes=10)
+    pred = ffjax.predict(ffjax.params_of(result.state), mnist.x_test, num_classes=10)
     acc = ffjax.accuracy(pred, mnist.y_test)
     elapsed = time.perf_counter() - t0
     assert acc >= 0.92, f"test accuracy {acc:.4f} after 4 epochs on {n} images"
