@@ -47,6 +47,15 @@ class Config:
     label_strength: float = _field(
         labels.DEFAULT_STRENGTH, "value of the one-hot label written into the first C "
                                  "input features")
+    negatives: str = _field("uniform", "negative labels: uniform (over the C-1 wrong ones), "
+                                       "hard (from the softmax readout, true label masked; "
+                                       "turns the readout on), all (every wrong label)")
+    peer_strength: float = _field(0.0, "peer normalization strength (0 disables; the "
+                                       "reference recipe uses 0.03)")
+    readout: bool = _field(False, "also train the one-pass softmax readout and report it")
+    readout_lr: float = _field(0.003, "learning rate of the softmax readout (Adam)")
+    readout_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
+        None, "0-based layers the softmax readout reads (default: all but the first)")
     score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
         None, "0-based layers whose goodness is summed at test time "
               "(default: all but the first when there are two or more)")
@@ -119,11 +128,19 @@ def check_config(cfg: Config) -> None:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
     if cfg.eval_every < 0:
         bad(f"--eval-every {cfg.eval_every}: must be >= 0.")
-    if cfg.score_layers is not None:
-        try:
-            inference.resolve_score_layers(cfg.score_layers, len(cfg.hidden))
-        except ValueError as e:
-            bad(f"--score-layers: {e}")
+    if cfg.negatives not in train.NEGATIVES:
+        bad(f"--negatives {cfg.negatives}: choose one of {', '.join(train.NEGATIVES)}.")
+    if not cfg.peer_strength >= 0:
+        bad(f"--peer-strength {cfg.peer_strength}: must be >= 0.")
+    if not cfg.readout_lr > 0:
+        bad(f"--readout-lr {cfg.readout_lr}: must be positive.")
+    for flag, sel in (("--score-layers", cfg.score_layers),
+                      ("--readout-layers", cfg.readout_layers)):
+        if sel is not None:
+            try:
+                layers.resolve_layer_selection(sel, len(cfg.hidden), what=flag)
+            except ValueError as e:
+                bad(str(e))
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -177,19 +194,29 @@ def run(cfg: Config) -> dict:
     run_dir = prepare_run_dir(cfg)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
+    use_readout = cfg.readout or cfg.negatives == "hard"
     predict = inference.make_predict(num_classes=ds.num_classes,
                                      label_strength=cfg.label_strength, norm=cfg.norm,
-                                     score_layers=cfg.score_layers)
+                                     score_layers=cfg.score_layers,
+                                     readout_layers=cfg.readout_layers)
     eval_split, x_eval, y_eval = (("validation", x_val, y_val) if cfg.validation_size
                                   else ("test", ds.x_test, ds.y_test))
     x_eval_dev = jax.device_put(x_eval)
 
-    def evaluate(params, x_dev, y):
+    def evaluate(state, x_dev, y) -> dict:
+        """Accuracy of the goodness readout (combined and per layer) and, when trained,
+        of the softmax readout."""
         t0 = time.perf_counter()
-        p = jax.device_get(predict(params, x_dev))
-        acc = inference.accuracy(p.combined, y)
-        per_layer = [inference.accuracy(p.per_layer[:, i], y) for i in range(len(cfg.hidden))]
-        return acc, per_layer, p.combined, time.perf_counter() - t0
+        rparams = state.readout.params if state.readout is not None else None
+        p = jax.device_get(predict(train.params_of(state), x_dev, rparams))
+        out = {"accuracy": inference.accuracy(p.combined, y),
+               "accuracy_per_layer": [inference.accuracy(p.per_layer[:, i], y)
+                                      for i in range(len(cfg.hidden))],
+               "pred": p.combined}
+        if p.readout is not None:
+            out["accuracy_softmax"] = inference.accuracy(p.readout, y)
+        out["seconds"] = time.perf_counter() - t0
+        return out
 
     steps = cfg.epochs * (len(y_fit) // cfg.batch_size)
     optimizer = optim.make_layer_optimizers(
@@ -203,17 +230,26 @@ def run(cfg: Config) -> dict:
 
     def on_epoch(report: trainer.EpochReport, state):
         e = report.epoch + 1
-        row = {"epoch": e, "seconds": round(report.seconds, 4), **_layer_row(report.metrics)}
+        row = {"epoch": e, "seconds": round(report.seconds, 4),
+               **_layer_row(report.metrics.layers)}
+        if report.metrics.readout is not None:
+            row.update(readout_loss=float(report.metrics.readout.loss),
+                       readout_train_accuracy=float(report.metrics.readout.accuracy))
         if (cfg.eval_every and e % cfg.eval_every == 0) or e == cfg.epochs:
-            acc, per_layer, _, secs = evaluate(train.params_of(state), x_eval_dev, y_eval)
-            row.update(eval_split=eval_split, eval_accuracy=acc,
-                       eval_accuracy_per_layer=per_layer, eval_seconds=round(secs, 4))
+            ev = evaluate(state, x_eval_dev, y_eval)
+            row.update(eval_split=eval_split, eval_accuracy=ev["accuracy"],
+                       eval_accuracy_per_layer=ev["accuracy_per_layer"],
+                       eval_seconds=round(ev["seconds"], 4))
+            if "accuracy_softmax" in ev:
+                row["eval_accuracy_softmax"] = ev["accuracy_softmax"]
         rows.append(row)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
-        postfix = {"loss": f"{float(np.mean(report.metrics.loss)):.3f}"}
+        postfix = {"loss": f"{float(np.mean(report.metrics.layers.loss)):.3f}"}
         if "eval_accuracy" in row:
             postfix[f"{eval_split[:4]}_acc"] = f"{100 * row['eval_accuracy']:.2f}%"
+        if "eval_accuracy_softmax" in row:
+            postfix["softmax"] = f"{100 * row['eval_accuracy_softmax']:.2f}%"
         bar.set_postfix(postfix)
         bar.update(1)
 
@@ -221,24 +257,25 @@ def run(cfg: Config) -> dict:
         result = trainer.fit(jax.random.key(cfg.seed), x_fit, y_fit, hidden=cfg.hidden,
                          epochs=cfg.epochs, num_classes=ds.num_classes,
                          batch_size=cfg.batch_size, optimizer=optimizer, theta=cfg.theta,
-                         norm=cfg.norm, label_strength=cfg.label_strength, on_epoch=on_epoch)
+                         norm=cfg.norm, label_strength=cfg.label_strength,
+                         negatives=cfg.negatives, peer_strength=cfg.peer_strength,
+                         readout=use_readout, readout_lr=cfg.readout_lr,
+                         readout_layers=cfg.readout_layers, on_epoch=on_epoch)
     finally:
         bar.close()
         metrics_file.close()
 
-    params = train.params_of(result.state)
-    test_acc, test_per_layer, test_pred, test_secs = evaluate(
-        params, jax.device_put(ds.x_test), ds.y_test)
+    test = evaluate(result.state, jax.device_put(ds.x_test), ds.y_test)
     results = {
-        "test_accuracy": test_acc,
-        "test_error": 1.0 - test_acc,
-        "test_accuracy_per_layer": test_per_layer,
+        "test_accuracy": test["accuracy"],
+        "test_error": 1.0 - test["accuracy"],
+        "test_accuracy_per_layer": test["accuracy_per_layer"],
         "score_layers": list(inference.resolve_score_layers(cfg.score_layers,
                                                             len(cfg.hidden))),
         "train_seconds": result.train_seconds,
         "compile_seconds": result.compile_seconds,
         "seconds_per_epoch_median": float(np.median([r.seconds for r in result.history])),
-        "test_eval_seconds": test_secs,
+        "test_eval_seconds": test["seconds"],
         "epochs": cfg.epochs,
         "num_train": int(len(y_fit)),
         "device": device_description(),
@@ -248,13 +285,18 @@ def run(cfg: Config) -> dict:
         "config": dataclasses.asdict(cfg),
         "run_dir": str(run_dir),
     }
+    if "accuracy_softmax" in test:
+        results["test_accuracy_softmax"] = test["accuracy_softmax"]
+        results["test_error_softmax"] = 1.0 - test["accuracy_softmax"]
     if cfg.validation_size:
         results["validation_accuracy"] = rows[-1]["eval_accuracy"]
+        if "eval_accuracy_softmax" in rows[-1]:
+            results["validation_accuracy_softmax"] = rows[-1]["eval_accuracy_softmax"]
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
 
     plots.plot_layer_losses(rows, run_dir / "loss.png")
     plots.plot_accuracy(rows, run_dir / "accuracy.png")
-    plots.plot_predictions(ds.x_test, ds.y_test, test_pred, ds.class_names,
+    plots.plot_predictions(ds.x_test, ds.y_test, test["pred"], ds.class_names,
                            run_dir / "predictions.png")
     return results
 
@@ -267,8 +309,10 @@ def main(defaults: Config, description: str, argv=None) -> int:
     except (UsageError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    softmax = (f", softmax readout {100 * results['test_accuracy_softmax']:.2f}%"
+               if "test_accuracy_softmax" in results else "")
     print(f"test accuracy {100 * results['test_accuracy']:.2f}% "
-          f"(error {100 * results['test_error']:.2f}%), "
+          f"(error {100 * results['test_error']:.2f}%){softmax}, "
           f"train {results['train_seconds']:.1f}s + compile {results['compile_seconds']:.1f}s "
           f"on {results['device']}; run directory: {results['run_dir']}")
     return 0

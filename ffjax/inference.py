@@ -8,25 +8,17 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from ffjax import labels, layers, objective
+from ffjax import labels, layers, objective, readout
 
 
 def default_score_layers(num_layers: int) -> tuple[int, ...]:
     """All layers but the first when there are two or more (the reference recipe)."""
-    return tuple(range(1, num_layers)) if num_layers >= 2 else (0,)
+    return layers.default_layer_selection(num_layers)
 
 
 def resolve_score_layers(score_layers, num_layers: int) -> tuple[int, ...]:
     """None -> the default; otherwise checked 0-based layer indices."""
-    if score_layers is None:
-        return default_score_layers(num_layers)
-    chosen = tuple(sorted({int(i) for i in score_layers}))
-    if not chosen or any(i < 0 or i >= num_layers for i in chosen):
-        raise ValueError(
-            f"score_layers={tuple(score_layers)!r} must be a non-empty set of layer "
-            f"indices in [0, {num_layers}) (0 is the first hidden layer)."
-        )
-    return chosen
+    return layers.resolve_layer_selection(score_layers, num_layers, what="score_layers")
 
 
 def layer_goodness(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
@@ -63,39 +55,80 @@ def label_scores(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
 
 
 class Predictions(NamedTuple):
-    """Predicted labels: combined (N,) and by each layer alone (N, L)."""
+    """Predicted labels: combined (N,), by each layer alone (N, L), and by the softmax
+    readout (N,) when one was given (else None)."""
 
     combined: jax.Array
     per_layer: jax.Array
+    readout: jax.Array | None = None
+
+
+def _chunked(fn, x_NxD: jax.Array, chunk_size: int):
+    """Applies fn to x in chunks of chunk_size rows inside one computation (lax.map; the
+    last chunk zero-padded), concatenating the per-example outputs."""
+    n = x_NxD.shape[0]
+    chunk = min(chunk_size, max(n, 1))
+    pad = (-n) % chunk
+    xp = jnp.pad(x_NxD, ((0, pad), (0, 0))).reshape(-1, chunk, x_NxD.shape[1])
+    out = jax.lax.map(fn, xp)
+    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
 def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STRENGTH,
                  norm: str = "rms", score_layers: Sequence[int] | None = None,
-                 chunk_size: int = 1000):
-    """Builds a jitted `predict(params, x_NxD) -> Predictions` for any N.
+                 readout_layers: Sequence[int] | None = None, chunk_size: int = 1000):
+    """Builds a jitted `predict(params, x_NxD, readout_params=None) -> Predictions`.
 
-    The examples are processed `chunk_size` at a time inside one device call
-    (`lax.map` over chunks), so memory stays bounded by one chunk's C label passes.
+    The goodness readout runs C label passes per example; with `readout_params` (a
+    trained softmax readout reading `readout_layers`) one neutral-label pass also gives
+    the one-pass prediction. Examples are processed `chunk_size` at a time inside one
+    device call, so memory stays bounded by one chunk's passes for any N.
     """
     layers.check_norm(norm)
     if int(chunk_size) <= 0:
         raise ValueError(f"chunk_size={chunk_size} must be a positive integer.")
 
     @jax.jit
-    def predict(params, x_NxD):
+    def predict(params, x_NxD, readout_params=None):
         chosen = jnp.array(resolve_score_layers(score_layers, len(params)))
-        n = x_NxD.shape[0]
-        chunk = min(chunk_size, max(n, 1))
-        pad = (-n) % chunk
-        xp = jnp.pad(x_NxD, ((0, pad), (0, 0)))
+
+        sel = layers.resolve_layer_selection(readout_layers, len(params),
+                                             what="readout_layers")
 
         def one(xc):
             g = layer_goodness(params, xc, num_classes=num_classes,
                                label_strength=label_strength, norm=norm)  # (b, L, C)
-            return jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1), jnp.argmax(g, -1)
+            out = (jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1), jnp.argmax(g, -1))
+            if readout_params is not None:
+                f = readout.features(params, xc, num_classes=num_classes, readout_layers=sel,
+                                     label_strength=label_strength, norm=norm)
+                out += (jnp.argmax(readout.logits(readout_params, f), -1),)
+            return out
 
-        comb, per = jax.lax.map(one, xp.reshape(-1, chunk, xp.shape[1]))
-        return Predictions(comb.reshape(-1)[:n], per.reshape(-1, per.shape[-1])[:n])
+        return Predictions(*_chunked(one, x_NxD, chunk_size))
+
+    return predict
+
+
+def make_predict_readout(*, num_classes: int,
+                         label_strength: float = labels.DEFAULT_STRENGTH,
+                         norm: str = "rms", readout_layers: Sequence[int] | None = None,
+                         chunk_size: int = 10000):
+    """Builds a jitted `predict(params, readout_params, x_NxD) -> (N,)` labels from the
+    one-pass softmax readout alone: one neutral-label forward pass per example."""
+    layers.check_norm(norm)
+
+    @jax.jit
+    def predict(params, readout_params, x_NxD):
+        sel = layers.resolve_layer_selection(readout_layers, len(params),
+                                             what="readout_layers")
+
+        def one(xc):
+            f = readout.features(params, xc, num_classes=num_classes, readout_layers=sel,
+                                 label_strength=label_strength, norm=norm)
+            return jnp.argmax(readout.logits(readout_params, f), -1)
+
+        return _chunked(one, x_NxD, chunk_size)
 
     return predict
 

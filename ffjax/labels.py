@@ -43,3 +43,17 @@ def uniform_wrong_labels(key: jax.Array, y_B: jax.Array, *, num_classes: int) ->
     """
     shift = jax.random.randint(key, y_B.shape, 1, num_classes, dtype=y_B.dtype)
     return (y_B + shift) % num_classes
+
+
+def hard_wrong_labels(key: jax.Array, logits_BxC: jax.Array, y_B: jax.Array) -> jax.Array:
+    """A wrong label per example, drawn from softmax(logits) with the true label masked
+    out (the reference recipe's hard negatives: the labels the model confuses most)."""
+    masked = jnp.where(jax.nn.one_hot(y_B, logits_BxC.shape[-1], dtype=bool), -jnp.inf,
+                       logits_BxC)
+    return jax.random.categorical(key, masked, axis=-1).astype(y_B.dtype)
+
+
+def all_wrong_labels(y_B: jax.Array, *, num_classes: int) -> jax.Array:
+    """(B, C - 1): every wrong label of each example."""
+    shifts = jnp.arange(1, num_classes, dtype=y_B.dtype)
+    return (y_B[:, None] + shifts[None, :]) % num_classes

@@ -23,9 +23,12 @@ def goodness(h_BxH: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(h_BxH), axis=-1)
 
 
-def ff_loss(g_pos_B: jax.Array, g_neg_B: jax.Array, theta) -> jax.Array:
-    """mean(softplus(theta - G_pos) + softplus(G_neg - theta)), stable for any magnitude."""
-    return jnp.mean(jax.nn.softplus(theta - g_pos_B) + jax.nn.softplus(g_neg_B - theta))
+def ff_loss(g_pos_B: jax.Array, g_neg_M: jax.Array, theta) -> jax.Array:
+    """mean(softplus(theta - G_pos)) + mean(softplus(G_neg - theta)), stable for any
+    magnitude. With one negative per positive (M = B) this is the mean per-example loss
+    softplus(theta - G_pos) + softplus(G_neg - theta); M may also be a multiple of B."""
+    return (jnp.mean(jax.nn.softplus(theta - g_pos_B))
+            + jnp.mean(jax.nn.softplus(g_neg_M - theta)))
 
 
 def layer_metrics(g_pos_B: jax.Array, g_neg_B: jax.Array, theta) -> LayerMetrics:

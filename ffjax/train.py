@@ -8,20 +8,51 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ffjax import labels, layers, objective
+from ffjax import labels, layers, objective, readout
+
+
+NEGATIVES = ("uniform", "hard", "all")
 
 
 class LayerState(NamedTuple):
-    """One layer's parameters and its own optimizer state."""
+    """One layer's parameters, its own optimizer state, and the running mean of each
+    unit's activity on positive data (used by peer normalization)."""
+
+    params: layers.DenseParams
+    opt_state: optax.OptState
+    peer_mean: jax.Array  # (H,)
+
+
+class ReadoutState(NamedTuple):
+    """The softmax readout's parameters and its own optimizer state."""
 
     params: layers.DenseParams
     opt_state: optax.OptState
 
 
 class TrainState(NamedTuple):
-    """The whole training state: one LayerState per hidden layer, input layer first."""
+    """The whole training state: one LayerState per hidden layer (input layer first) and
+    the readout's state, or None when no softmax readout is trained."""
 
     layers: tuple
+    readout: ReadoutState | None = None
+
+
+class ReadoutMetrics(NamedTuple):
+    """Training cross-entropy and accuracy of the softmax readout (neutral-label pass)."""
+
+    loss: jax.Array
+    accuracy: jax.Array
+
+
+class StepMetrics(NamedTuple):
+    """Per-layer FF metrics ((L,) fields) and the readout's metrics (or None)."""
+
+    layers: objective.LayerMetrics
+    readout: ReadoutMetrics | None
+
+
+PEER_INIT = 0.5  # initial running mean of every unit's activity (reference code)
 
 
 def _per_layer(optimizer, n: int) -> tuple:
@@ -39,7 +70,10 @@ def _per_layer(optimizer, n: int) -> tuple:
     return optimizers
 
 
-def init_train_state(key: jax.Array, sizes: Sequence[int], optimizer) -> TrainState:
+def init_train_state(key: jax.Array, sizes: Sequence[int], optimizer, *,
+                     readout_optimizer: optax.GradientTransformation | None = None,
+                     readout_layers: Sequence[int] | None = None,
+                     num_classes: int | None = None) -> TrainState:
     """A fresh network of widths `sizes` ([D_in, H_1, ..., H_L]) and its optimizer states.
 
     Args:
@@ -47,10 +81,22 @@ def init_train_state(key: jax.Array, sizes: Sequence[int], optimizer) -> TrainSt
       sizes: input width, then hidden widths.
       optimizer: an optax.GradientTransformation used independently for every layer
         (each layer gets its own state), or a sequence of L of them.
+      readout_optimizer: when given, a softmax readout is trained too, with its own
+        state of this optimizer; it reads the layers `readout_layers` (default: all but
+        the first) and predicts `num_classes` classes.
     """
     net = layers.init_network(key, sizes)
     opts = _per_layer(optimizer, len(net))
-    return TrainState(tuple(LayerState(p, o.init(p)) for p, o in zip(net, opts)))
+    layer_states = tuple(
+        LayerState(p, o.init(p), jnp.full((p.w.shape[1],), PEER_INIT, jnp.float32))
+        for p, o in zip(net, opts))
+    if readout_optimizer is None:
+        return TrainState(layer_states, None)
+    if num_classes is None:
+        raise ValueError("num_classes is needed to build the softmax readout.")
+    chosen = layers.resolve_layer_selection(readout_layers, len(net), what="readout_layers")
+    rparams = readout.init_readout(sum(int(sizes[1 + i]) for i in chosen), num_classes)
+    return TrainState(layer_states, ReadoutState(rparams, readout_optimizer.init(rparams)))
 
 
 def params_of(state: TrainState) -> layers.Network:
@@ -58,56 +104,106 @@ def params_of(state: TrainState) -> layers.Network:
     return tuple(ls.params for ls in state.layers)
 
 
-def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_BxD: jax.Array, *,
-                 thetas: Sequence[float], norm: str = "rms"):
+def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
+                 thetas: Sequence[float], norm: str = "rms", peer_means=None,
+                 peer_strength: float = 0.0, peer_momentum: float = 0.9):
     """Each layer's own FF loss on one minibatch.
 
-    Positive and negative examples go through each layer in one (2B, D) matmul. The
+    Positive and negative examples go through each layer in one (B + M, D) matmul. The
     input of every layer is under stop_gradient, so layer k's loss depends on layer k's
     parameters alone: summing the losses and differentiating once gives every layer its
     local gradient and nothing else.
 
+    Peer normalization (peer_strength > 0): each unit's running mean activity on the
+    positives, m, is updated (m <- momentum m + (1 - momentum) batch mean), and a term
+    whose gradient with respect to each pre-activation is peer_strength * (m_j - mean(m))
+    is added to the objective. It acts on the pre-activation, not through the ReLU gate
+    (straight-through), so units that never fire get pulled up and revive, and units
+    busier than the layer's average get pulled down.
+
     Returns:
-      losses: (L,) float32; metrics: LayerMetrics with (L,) fields.
+      objectives: (L,) what each layer minimizes (FF loss + peer term);
+      metrics: LayerMetrics with (L,) fields (the FF loss alone);
+      peer_means: tuple of the updated (H,) running means (unchanged when disabled).
     """
     batch = x_pos_BxD.shape[0]
-    h = jnp.concatenate([x_pos_BxD, x_neg_BxD], axis=0)
-    per_layer = []
-    for p, theta in zip(params, thetas):
-        h = layers.block(p, jax.lax.stop_gradient(h), norm=norm)
+    if peer_means is None:
+        peer_means = tuple(jnp.full((p.w.shape[1],), PEER_INIT) for p in params)
+    h = jnp.concatenate([x_pos_BxD, x_neg_MxD], axis=0)
+    per_layer, objectives, new_means = [], [], []
+    for p, theta, m in zip(params, thetas, peer_means):
+        z = layers.normalize(jax.lax.stop_gradient(h), norm=norm) @ p.w + p.b
+        h = jax.nn.relu(z)
         g = objective.goodness(h)
-        per_layer.append(objective.layer_metrics(g[:batch], g[batch:], theta))
+        metrics = objective.layer_metrics(g[:batch], g[batch:], theta)
+        obj = metrics.loss
+        if peer_strength:
+            m = peer_momentum * m + (1.0 - peer_momentum) * jax.lax.stop_gradient(
+                jnp.mean(h[:batch], axis=0))
+            push = jax.lax.stop_gradient(m - jnp.mean(m))
+            obj = obj + peer_strength * jnp.sum(push * jnp.mean(z[:batch], axis=0))
+        per_layer.append(metrics)
+        objectives.append(obj)
+        new_means.append(m)
     metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
-    return metrics.loss, metrics
+    return jnp.stack(objectives), metrics, tuple(new_means)
 
 
-def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_BxD: jax.Array, *,
-               optimizer, thetas: Sequence[float], norm: str = "rms"):
-    """Updates every layer once from its own local loss. Returns (state, LayerMetrics)."""
+def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
+               optimizer, thetas: Sequence[float], norm: str = "rms",
+               peer_strength: float = 0.0, peer_momentum: float = 0.9):
+    """Updates every layer once from its own local loss. Returns (state, LayerMetrics).
+
+    x_neg_MxD holds M negatives (usually M = B; M = (C - 1) B with all wrong labels).
+    The readout state, if any, is passed through unchanged (see readout_step).
+    """
     params = params_of(state)
+    peer_means = tuple(ls.peer_mean for ls in state.layers)
 
     def total(ps):
-        losses, metrics = local_losses(ps, x_pos_BxD, x_neg_BxD, thetas=thetas, norm=norm)
-        return jnp.sum(losses), metrics
+        objs, metrics, means = local_losses(
+            ps, x_pos_BxD, x_neg_MxD, thetas=thetas, norm=norm, peer_means=peer_means,
+            peer_strength=peer_strength, peer_momentum=peer_momentum)
+        return jnp.sum(objs), (metrics, means)
 
-    grads, metrics = jax.grad(total, has_aux=True)(params)
+    grads, (metrics, means) = jax.grad(total, has_aux=True)(params)
     new_layers = []
-    for ls, g, opt in zip(state.layers, grads, _per_layer(optimizer, len(params))):
+    for ls, g, m, opt in zip(state.layers, grads, means, _per_layer(optimizer, len(params))):
         updates, opt_state = opt.update(g, ls.opt_state, ls.params)
-        new_layers.append(LayerState(optax.apply_updates(ls.params, updates), opt_state))
-    return TrainState(tuple(new_layers)), metrics
+        new_layers.append(LayerState(optax.apply_updates(ls.params, updates), opt_state, m))
+    return TrainState(tuple(new_layers), state.readout), metrics
+
+
+def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, *,
+                 readout_optimizer: optax.GradientTransformation):
+    """One update of the softmax readout on features it cannot send gradient through.
+    Returns (state, ReadoutMetrics) measured before the update."""
+    rs = state.readout
+
+    def loss_fn(rp):
+        lg = readout.logits(rp, feats_BxF)
+        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, y_B))
+        return ce, jnp.mean((jnp.argmax(lg, -1) == y_B).astype(jnp.float32))
+
+    (ce, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(rs.params)
+    updates, opt_state = readout_optimizer.update(g, rs.opt_state, rs.params)
+    new = ReadoutState(optax.apply_updates(rs.params, updates), opt_state)
+    return state._replace(readout=new), ReadoutMetrics(ce, acc)
 
 
 def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                      thetas: Sequence[float], norm: str = "rms",
-                     label_strength: float = labels.DEFAULT_STRENGTH, jit: bool = True):
-    """Builds `epoch(state, x_NxD, y_N, key) -> (state, LayerMetrics)`.
+                     label_strength: float = labels.DEFAULT_STRENGTH,
+                     negatives: str = "uniform", peer_strength: float = 0.0,
+                     peer_momentum: float = 0.9,
+                     readout_optimizer: optax.GradientTransformation | None = None,
+                     readout_layers: Sequence[int] | None = None, jit: bool = True):
+    """Builds `epoch(state, x_NxD, y_N, key) -> (state, StepMetrics)`.
 
     One call is one pass over the data on the device: the examples are shuffled with
     `key`, split into N // batch_size minibatches (the remainder, different each epoch,
-    is skipped), and `lax.scan` runs train_step over them. Positives carry their true
-    label, negatives a label drawn uniformly from the wrong ones. The metrics are the
-    means over the epoch's minibatches, one value per layer.
+    is skipped), and `lax.scan` runs the training step over them. Positives carry their
+    true label. The metrics are the means over the epoch's minibatches.
 
     Args:
       optimizer: optax.GradientTransformation (or one per layer), as given to
@@ -117,6 +213,14 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
       thetas: per-layer goodness thresholds (see objective.resolve_thetas).
       norm: "rms" or "l2".
       label_strength: value of the one-hot label features.
+      negatives: "uniform" (one wrong label per example, uniform over the C - 1),
+        "hard" (one wrong label drawn from the softmax readout's prediction with the
+        true label masked out; needs the readout), or "all" (all C - 1 wrong labels).
+      peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
+      peer_momentum: decay of the running mean activity used by peer normalization.
+      readout_optimizer: train a softmax readout with it (the state must have been
+        made by init_train_state with a readout_optimizer and the same readout_layers).
+      readout_layers: layers the readout reads (default: all but the first).
       jit: return the jitted function (state donated) or the pure Python one.
     """
     layers.check_norm(norm)
@@ -124,9 +228,50 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
         raise ValueError(f"batch_size={batch_size} must be a positive integer.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes={num_classes} must be at least 2.")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives={negatives!r}: choose one of {NEGATIVES}.")
+    if negatives == "hard" and readout_optimizer is None:
+        raise ValueError("negatives='hard' samples from the softmax readout: pass a "
+                         "readout_optimizer (and build the state with one).")
+    if not peer_strength >= 0:
+        raise ValueError(f"peer_strength={peer_strength} must be >= 0.")
     thetas = tuple(float(t) for t in thetas)
 
+    def step(st: TrainState, x_raw, y, key):
+        x = labels.to_float(x_raw)
+        read = st.readout is not None
+        if read:
+            params = params_of(st)
+            chosen = layers.resolve_layer_selection(readout_layers, len(params),
+                                                    what="readout_layers")
+            feats = readout.features(params, x, num_classes=num_classes,
+                                     readout_layers=chosen, label_strength=label_strength,
+                                     norm=norm)
+        if negatives == "uniform":
+            y_neg, x_neg_src = labels.uniform_wrong_labels(key, y, num_classes=num_classes), x
+        elif negatives == "hard":
+            y_neg = labels.hard_wrong_labels(key, readout.logits(st.readout.params, feats), y)
+            x_neg_src = x
+        else:
+            y_neg = labels.all_wrong_labels(y, num_classes=num_classes).reshape(-1)
+            x_neg_src = jnp.repeat(x, num_classes - 1, axis=0)
+        x_pos = labels.embed_label(x, y, num_classes=num_classes, strength=label_strength)
+        x_neg = labels.embed_label(x_neg_src, y_neg, num_classes=num_classes,
+                                   strength=label_strength)
+        st, layer_metrics = train_step(st, x_pos, x_neg, optimizer=optimizer, thetas=thetas,
+                                       norm=norm, peer_strength=peer_strength,
+                                       peer_momentum=peer_momentum)
+        read_metrics = None
+        if read:
+            st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer)
+        return st, StepMetrics(layer_metrics, read_metrics)
+
     def epoch(state: TrainState, x_NxD: jax.Array, y_N: jax.Array, key: jax.Array):
+        if (state.readout is None) != (readout_optimizer is None):
+            raise ValueError(
+                "the training state and the epoch function disagree about the softmax "
+                "readout: pass the same readout_optimizer to init_train_state and "
+                "make_train_epoch (or to neither).")
         n = x_NxD.shape[0]
         steps = n // batch_size
         if steps == 0:
@@ -136,17 +281,11 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
         batches = order.reshape(steps, batch_size)
         neg_keys = jax.random.split(neg_key, steps)
 
-        def step(st, inp):
+        def body(st, inp):
             idx, k = inp
-            x = labels.to_float(x_NxD[idx])
-            y = y_N[idx]
-            y_neg = labels.uniform_wrong_labels(k, y, num_classes=num_classes)
-            x_pos = labels.embed_label(x, y, num_classes=num_classes, strength=label_strength)
-            x_neg = labels.embed_label(x, y_neg, num_classes=num_classes,
-                                       strength=label_strength)
-            return train_step(st, x_pos, x_neg, optimizer=optimizer, thetas=thetas, norm=norm)
+            return step(st, x_NxD[idx], y_N[idx], k)
 
-        state, metrics = jax.lax.scan(step, state, (batches, neg_keys))
+        state, metrics = jax.lax.scan(body, state, (batches, neg_keys))
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
     return jax.jit(epoch, donate_argnums=0) if jit else epoch

@@ -12,10 +12,10 @@ from ffjax import data, labels, objective, optim, train
 
 
 class EpochReport(NamedTuple):
-    """What one epoch produced: 0-based index, per-layer means (numpy), seconds."""
+    """What one epoch produced: 0-based index, epoch means (numpy), seconds."""
 
     epoch: int
-    metrics: objective.LayerMetrics
+    metrics: train.StepMetrics
     seconds: float
 
 
@@ -31,6 +31,8 @@ class FitResult(NamedTuple):
 def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         num_classes: int, batch_size: int = 100, optimizer=None, lr: float = 0.0015,
         theta=None, norm: str = "rms", label_strength: float = labels.DEFAULT_STRENGTH,
+        negatives: str = "uniform", peer_strength: float = 0.0, readout: bool = False,
+        readout_optimizer=None, readout_lr: float = 0.003, readout_layers=None,
         on_epoch: Callable[[EpochReport, train.TrainState], None] | None = None
         ) -> FitResult:
     """Trains an FF network on (x, y) with every layer learning locally.
@@ -50,6 +52,11 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
       theta: goodness threshold(s); None = each layer's width.
       norm: "rms" (default) or "l2" length normalization before every layer.
       label_strength: value of the one-hot label features.
+      negatives: "uniform", "hard" (needs the readout) or "all" (train.make_train_epoch).
+      peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
+      readout: also train the one-pass softmax readout (reading `readout_layers`,
+        default all but the first) with `readout_optimizer` (default: Adam at
+        `readout_lr` with the same schedule).
       on_epoch: called after every epoch with its EpochReport and the new state.
     """
     data.check_arrays(x_NxD, y_N, num_classes=num_classes, what="training data")
@@ -65,13 +72,22 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         optimizer = optim.make_layer_optimizers("adam", lr=lr, sizes=sizes,
                                                 total_steps=epochs * steps_per_epoch)
     thetas = objective.resolve_thetas(theta, hidden)
+    readout = readout or readout_optimizer is not None or negatives == "hard"
+    if readout and readout_optimizer is None:
+        readout_optimizer = optim.make_optimizer("adam", lr=readout_lr,
+                                                 total_steps=epochs * steps_per_epoch)
+    if not readout:
+        readout_optimizer = None
 
     init_key, data_key = jax.random.split(key)
-    state = train.init_train_state(init_key, sizes, optimizer)
+    state = train.init_train_state(init_key, sizes, optimizer,
+                                   readout_optimizer=readout_optimizer,
+                                   readout_layers=readout_layers, num_classes=num_classes)
     x, y = jax.device_put(x_NxD), jax.device_put(y_N)
-    epoch_fn = train.make_train_epoch(optimizer, batch_size=batch_size,
-                                      num_classes=num_classes, thetas=thetas, norm=norm,
-                                      label_strength=label_strength)
+    epoch_fn = train.make_train_epoch(
+        optimizer, batch_size=batch_size, num_classes=num_classes, thetas=thetas, norm=norm,
+        label_strength=label_strength, negatives=negatives, peer_strength=peer_strength,
+        readout_optimizer=readout_optimizer, readout_layers=readout_layers)
     t0 = time.perf_counter()
     compiled = epoch_fn.lower(state, x, y, jax.random.fold_in(data_key, 0)).compile()
     compile_seconds = time.perf_counter() - t0

@@ -18,7 +18,7 @@ def test_small_network_learns_mnist(mnist):
     elapsed = time.perf_counter() - t0
     assert acc >= 0.92, f"test accuracy {acc:.4f} after 4 epochs on {n} images"
     # every layer separates positives from negatives on its own
-    last = result.history[-1].metrics
+    last = result.history[-1].metrics.layers
     assert (last.acc_pos > 0.85).all() and (last.acc_neg > 0.85).all()
     assert len(result.history) == 4 and result.compile_seconds > 0
     print(f"test accuracy {acc:.4f} in {elapsed:.1f}s")

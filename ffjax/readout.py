@@ -1,0 +1,45 @@
+"""One-pass softmax readout: a linear classifier on the normalized activities of one
+neutral-label pass, trained beside the FF layers without sending them any gradient."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ffjax import labels, layers
+
+
+def features(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
+             readout_layers: Sequence[int], label_strength: float = labels.DEFAULT_STRENGTH,
+             norm: str = "rms") -> jax.Array:
+    """(B, F): the normalized activities of `readout_layers` for the neutral-label input.
+
+    x_BxD holds raw features (uint8 or float, no label). No gradient flows back into the
+    FF layers from these features.
+    """
+    x = labels.embed_neutral(labels.to_float(x_BxD), num_classes=num_classes,
+                             strength=label_strength)
+    acts = layers.forward(params, x, norm=norm)
+    feats = jnp.concatenate([layers.normalize(acts[i], norm=norm) for i in readout_layers],
+                            axis=-1)
+    return jax.lax.stop_gradient(feats)
+
+
+def init_readout(d_in: int, num_classes: int) -> layers.DenseParams:
+    """Zero weights and biases: the readout starts at the uniform prediction."""
+    return layers.DenseParams(jnp.zeros((d_in, num_classes), jnp.float32),
+                              jnp.zeros((num_classes,), jnp.float32))
+
+
+def logits(rparams: layers.DenseParams, feats_BxF: jax.Array) -> jax.Array:
+    """(B, C) class logits."""
+    return feats_BxF @ rparams.w + rparams.b
+
+
+def loss(rparams: layers.DenseParams, feats_BxF: jax.Array, y_B: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits(rparams, feats_BxF), y_B))

@@ -1,0 +1,121 @@
+"""Properties of the reference-recipe pieces: softmax readout, hard negatives, peer norm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ffjax import inference, labels, layers, objective, readout, train
+
+SIZES = (12, 16, 16, 8)
+THETAS = objective.resolve_thetas(None, SIZES[1:])
+C = 4
+
+
+def _toy(n=64, seed=0):
+    kx, ky = jax.random.split(jax.random.key(seed))
+    return (jax.random.randint(kx, (n, SIZES[0]), 0, 256).astype(jnp.uint8),
+            jax.random.randint(ky, (n,), 0, C))
+
+
+def test_readout_loss_sends_no_gradient_into_ff_layers():
+    net = layers.init_network(jax.random.key(0), SIZES)
+    x, y = _toy(8)
+    rp = readout.init_readout(16 + 8, C)
+    rp = rp._replace(w=jax.random.normal(jax.random.key(1), rp.w.shape))
+
+    def loss_of_net(params):
+        f = readout.features(params, x, num_classes=C, readout_layers=(1, 2))
+        return readout.loss(rp, f, y)
+
+    grads = jax.grad(loss_of_net)(net)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+    assert float(jnp.abs(jax.grad(lambda r: readout.loss(
+        r, readout.features(net, x, num_classes=C, readout_layers=(1, 2)), y))(rp).w).max()) > 0
+
+
+def test_training_the_readout_leaves_ff_training_unchanged():
+    """Same keys, uniform negatives: the FF layers end identical with or without a
+    readout trained beside them, while the readout itself is updated."""
+    x, y = _toy()
+    opt = optax.adam(1e-2)
+    plain = train.init_train_state(jax.random.key(3), SIZES, opt)
+    ep_plain = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS)
+    with_r = train.init_train_state(jax.random.key(3), SIZES, opt, readout_optimizer=optax.adam(0.05),
+                                    num_classes=C)
+    ep_r = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS,
+                                  readout_optimizer=optax.adam(0.05))
+    for e in range(3):
+        plain, _ = ep_plain(plain, x, y, jax.random.fold_in(jax.random.key(4), e))
+        with_r, m = ep_r(with_r, x, y, jax.random.fold_in(jax.random.key(4), e))
+    for a, b in zip(jax.tree.leaves(train.params_of(plain)),
+                    jax.tree.leaves(train.params_of(with_r))):
+        np.testing.assert_array_equal(a, b)
+    assert m.readout is not None and np.isfinite(float(m.readout.loss))
+    assert float(jnp.abs(with_r.readout.params.w).max()) > 0.0  # started at zero
+    assert with_r.readout.params.w.shape == (16 + 8, C)
+
+
+def test_hard_negatives_never_true_and_follow_the_masked_softmax():
+    logits = jnp.array([2.0, 0.0, 1.0, -1.0, 0.5])
+    n = 100_000
+    y = jnp.full((n,), 2)
+    neg = labels.hard_wrong_labels(jax.random.key(0), jnp.tile(logits, (n, 1)), y)
+    assert not bool(jnp.any(neg == y))
+    freq = np.bincount(np.asarray(neg), minlength=5) / n
+    expected = np.exp(np.where(np.arange(5) == 2, -np.inf, np.asarray(logits)))
+    expected /= expected.sum()
+    np.testing.assert_allclose(freq, expected, atol=0.006)
+
+
+def test_all_wrong_labels():
+    y = jnp.array([0, 3, 1])
+    w = labels.all_wrong_labels(y, num_classes=4)
+    assert w.shape == (3, 3)
+    for row, t in zip(np.asarray(w), [0, 3, 1]):
+        assert sorted(row.tolist()) == sorted(set(range(4)) - {t})
+
+
+def test_peer_normalization_gradient_reaches_units_whose_relu_is_off():
+    net = layers.init_network(jax.random.key(0), SIZES)
+    dead = 3
+    b0 = net[0].b.at[dead].set(-1e3)  # unit 3 of layer 0 never fires
+    net = (net[0]._replace(b=b0),) + net[1:]
+    x_pos, x_neg = jax.random.uniform(jax.random.key(1), (2, 6, SIZES[0]))
+
+    def layer0_grad(strength):
+        def obj(params):
+            objs, _, _ = train.local_losses(params, x_pos, x_neg, thetas=THETAS,
+                                            peer_strength=strength)
+            return objs[0]
+        return jax.grad(obj)(net)[0]
+
+    assert float(jnp.abs(layer0_grad(0.0).w[:, dead]).max()) == 0.0
+    g = layer0_grad(0.03)
+    assert float(jnp.abs(g.w[:, dead]).max()) > 0.0
+    # The dead unit is below the layer's mean activity: descent raises its pre-activation.
+    assert float(g.b[dead]) < 0.0
+
+
+def test_peer_means_track_activity_and_hard_negative_epoch_runs():
+    x, y = _toy()
+    opt = optax.adam(1e-2)
+    ro = optax.adam(0.05)
+    st = train.init_train_state(jax.random.key(0), SIZES, opt, readout_optimizer=ro,
+                                num_classes=C)
+    ep = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS,
+                                negatives="hard", peer_strength=0.03, readout_optimizer=ro)
+    st, m = ep(st, x, y, jax.random.key(1))
+    assert all(not np.allclose(ls.peer_mean, train.PEER_INIT) for ls in st.layers)
+    assert np.isfinite(np.asarray(m.layers.loss)).all()
+
+
+def test_combined_predict_matches_one_pass_readout_predict():
+    x, y = _toy(30)
+    net = layers.init_network(jax.random.key(0), SIZES)
+    rp = readout.init_readout(16 + 8, C)._replace(
+        w=jax.random.normal(jax.random.key(2), (24, C)))
+    both = inference.make_predict(num_classes=C, chunk_size=7)(net, x, rp)
+    alone = inference.make_predict_readout(num_classes=C, chunk_size=11)(net, rp, x)
+    np.testing.assert_array_equal(both.readout, alone)
+    assert both.readout.shape == (30,)
