@@ -47,12 +47,13 @@ class Config:
     label_strength: float = _field(
         labels.DEFAULT_STRENGTH, "value of the one-hot label written into the first C "
                                  "input features")
-    negatives: str = _field("uniform", "negative labels: uniform (over the C-1 wrong ones), "
+    negatives: str = _field("hard", "negative labels: uniform (over the C-1 wrong ones), "
                                        "hard (from the softmax readout, true label masked; "
                                        "turns the readout on), all (every wrong label)")
-    peer_strength: float = _field(0.0, "peer normalization strength (0 disables; the "
+    peer_strength: float = _field(0.03, "peer normalization strength (0 disables; the "
                                        "reference recipe uses 0.03)")
-    readout: bool = _field(False, "also train the one-pass softmax readout and report it")
+    readout: bool = _field(True, "also train the one-pass softmax readout and report it "
+                                 "(always on with --negatives hard)")
     readout_lr: float = _field(0.003, "learning rate of the softmax readout (Adam)")
     readout_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
         None, "0-based layers the softmax readout reads (default: all but the first)")
