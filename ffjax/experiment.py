@@ -41,6 +41,7 @@ class Config:
                                        "none: lr for every layer")
     optimizer: str = _field("adam", f"optimizer of every layer: {', '.join(optim.OPTIMIZERS)}")
     lr_decay: bool = _field(True, "constant lr for half the run, then linear decay to 0")
+    weight_decay: float = _field(0.0, "weight decay of the FF layers")
     theta: typing.Optional[float] = _field(
         None, "goodness threshold on the sum of squares (default: each layer's width)")
     norm: str = _field("rms", "length normalization before each layer: rms or l2")
@@ -54,7 +55,9 @@ class Config:
                                        "reference recipe uses 0.03)")
     readout: bool = _field(True, "also train the one-pass softmax readout and report it "
                                  "(always on with --negatives hard)")
-    readout_lr: float = _field(0.003, "learning rate of the softmax readout (Adam)")
+    readout_lr: float = _field(0.003, "learning rate of the softmax readout (same optimizer "
+                                      "as the layers)")
+    readout_weight_decay: float = _field(0.0, "weight decay of the softmax readout")
     readout_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
         None, "0-based layers the softmax readout reads (default: all but the first)")
     score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
@@ -65,9 +68,28 @@ class Config:
            "then uses them instead of the test set (choose hyperparameters on this)")
     eval_every: int = _field(1, "evaluate every N epochs (0: only at the end)")
     seed: int = _field(0, "random seed (initialization, shuffling, negative labels)")
+    seeds: int = _field(1, "train this many seeds at once in one compiled program (vmap) "
+                           "and report mean and std over them")
     out_dir: typing.Optional[str] = _field(
         None, "run directory (default: runs/<dataset>-<date>-<time>)")
     overwrite: bool = _field(False, "allow writing into a run directory that has files")
+    preset: typing.Optional[str] = _field(
+        None, "start from a named set of settings (flags given explicitly still win): "
+              "hinton = the reference recipe of the author's code")
+
+
+# Named settings. "hinton" is the reference recipe as read from the author's MATLAB code
+# (see FF_RECIPE.md): 784-1000-1000-1000, RMS normalization, theta = width, peer
+# normalization 0.03, hard negatives from the softmax readout, smoothed SGD (lr 0.01,
+# smoothing 0.9, weight decay 0.001; readout lr 0.1, weight decay 0.003), lr constant for
+# half the run then linear decay to 0, batch 100, both readouts skip the first layer.
+PRESETS = {
+    "hinton": dict(hidden=(1000, 1000, 1000), epochs=100, batch_size=100,
+                   optimizer="smoothed_sgd", lr=0.01, lr_scaling="none", lr_decay=True,
+                   weight_decay=0.001, theta=None, norm="rms", negatives="hard",
+                   peer_strength=0.03, readout=True, readout_lr=0.1,
+                   readout_weight_decay=0.003, readout_layers=None, score_layers=None),
+}
 
 
 class UsageError(ValueError):
@@ -98,7 +120,21 @@ def make_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def apply_preset(cfg: Config, name: str | None) -> Config:
+    """cfg with the named preset's settings (None: unchanged)."""
+    if name is None:
+        return cfg
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return dataclasses.replace(cfg, preset=name, **PRESETS[name])
+
+
 def parse_config(argv, defaults: Config, description: str = "") -> Config:
+    """Flags over (the preset's settings over) `defaults`."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=defaults.preset)
+    name = pre.parse_known_args(argv)[0].preset
+    defaults = apply_preset(defaults, name)
     args = make_parser(defaults, description).parse_args(argv)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
     return dataclasses.replace(defaults, **values)
@@ -127,12 +163,18 @@ def check_config(cfg: Config) -> None:
         bad(f"--theta {cfg.theta}: must be positive.")
     if cfg.validation_size < 0:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
+    if cfg.seeds < 1:
+        bad(f"--seeds {cfg.seeds}: must be >= 1.")
     if cfg.eval_every < 0:
         bad(f"--eval-every {cfg.eval_every}: must be >= 0.")
     if cfg.negatives not in train.NEGATIVES:
         bad(f"--negatives {cfg.negatives}: choose one of {', '.join(train.NEGATIVES)}.")
     if not cfg.peer_strength >= 0:
         bad(f"--peer-strength {cfg.peer_strength}: must be >= 0.")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        bad(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}.")
+    if cfg.weight_decay < 0 or cfg.readout_weight_decay < 0:
+        bad("--weight-decay and --readout-weight-decay must be >= 0.")
     if not cfg.readout_lr > 0:
         bad(f"--readout-lr {cfg.readout_lr}: must be positive.")
     for flag, sel in (("--score-layers", cfg.score_layers),
@@ -204,25 +246,47 @@ def run(cfg: Config) -> dict:
                                   else ("test", ds.x_test, ds.y_test))
     x_eval_dev = jax.device_put(x_eval)
 
+    def seed_states(state):
+        if cfg.seeds == 1:
+            return [state]
+        return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(cfg.seeds)]
+
     def evaluate(state, x_dev, y) -> dict:
         """Accuracy of the goodness readout (combined and per layer) and, when trained,
-        of the softmax readout."""
+        of the softmax readout: the mean over seeds, with the per-seed values and std."""
         t0 = time.perf_counter()
-        rparams = state.readout.params if state.readout is not None else None
-        p = jax.device_get(predict(train.params_of(state), x_dev, rparams))
-        out = {"accuracy": inference.accuracy(p.combined, y),
-               "accuracy_per_layer": [inference.accuracy(p.per_layer[:, i], y)
-                                      for i in range(len(cfg.hidden))],
-               "pred": p.combined}
-        if p.readout is not None:
-            out["accuracy_softmax"] = inference.accuracy(p.readout, y)
+        runs = []
+        for st in seed_states(state):
+            rparams = st.readout.params if st.readout is not None else None
+            p = jax.device_get(predict(train.params_of(st), x_dev, rparams))
+            run = {"accuracy": inference.accuracy(p.combined, y),
+                   "accuracy_per_layer": [inference.accuracy(p.per_layer[:, i], y)
+                                          for i in range(len(cfg.hidden))],
+                   "pred": p.combined}
+            if p.readout is not None:
+                run["accuracy_softmax"] = inference.accuracy(p.readout, y)
+            runs.append(run)
+        out = {"pred": runs[0]["pred"],
+               "accuracy_per_layer": np.mean([r["accuracy_per_layer"] for r in runs],
+                                             axis=0).tolist()}
+        for k in ("accuracy", "accuracy_softmax"):
+            if k in runs[0]:
+                vals = [r[k] for r in runs]
+                out[k], out[k + "_std"], out[k + "_seeds"] = (
+                    float(np.mean(vals)), float(np.std(vals)), vals)
         out["seconds"] = time.perf_counter() - t0
         return out
 
     steps = cfg.epochs * (len(y_fit) // cfg.batch_size)
     optimizer = optim.make_layer_optimizers(
         cfg.optimizer, lr=cfg.lr, sizes=(ds.x_train.shape[1],) + tuple(cfg.hidden),
-        scaling=cfg.lr_scaling, total_steps=steps, decay=cfg.lr_decay)
+        scaling=cfg.lr_scaling, total_steps=steps, decay=cfg.lr_decay,
+        weight_decay=cfg.weight_decay)
+    readout_optimizer = None
+    if use_readout:
+        readout_optimizer = optim.make_optimizer(
+            cfg.optimizer, lr=cfg.readout_lr, total_steps=steps, decay=cfg.lr_decay,
+            weight_decay=cfg.readout_weight_decay)
     from tqdm.auto import tqdm
 
     rows = []
@@ -231,11 +295,13 @@ def run(cfg: Config) -> dict:
 
     def on_epoch(report: trainer.EpochReport, state):
         e = report.epoch + 1
-        row = {"epoch": e, "seconds": round(report.seconds, 4),
-               **_layer_row(report.metrics.layers)}
-        if report.metrics.readout is not None:
-            row.update(readout_loss=float(report.metrics.readout.loss),
-                       readout_train_accuracy=float(report.metrics.readout.accuracy))
+        metrics = report.metrics  # with --seeds K, every field has a leading K axis
+        if cfg.seeds > 1:
+            metrics = jax.tree.map(lambda m: np.mean(m, axis=0), metrics)
+        row = {"epoch": e, "seconds": round(report.seconds, 4), **_layer_row(metrics.layers)}
+        if metrics.readout is not None:
+            row.update(readout_loss=float(metrics.readout.loss),
+                       readout_train_accuracy=float(metrics.readout.accuracy))
         if (cfg.eval_every and e % cfg.eval_every == 0) or e == cfg.epochs:
             ev = evaluate(state, x_eval_dev, y_eval)
             row.update(eval_split=eval_split, eval_accuracy=ev["accuracy"],
@@ -246,7 +312,7 @@ def run(cfg: Config) -> dict:
         rows.append(row)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
-        postfix = {"loss": f"{float(np.mean(report.metrics.layers.loss)):.3f}"}
+        postfix = {"loss": f"{float(np.mean(metrics.layers.loss)):.3f}"}
         if "eval_accuracy" in row:
             postfix[f"{eval_split[:4]}_acc"] = f"{100 * row['eval_accuracy']:.2f}%"
         if "eval_accuracy_softmax" in row:
@@ -260,8 +326,9 @@ def run(cfg: Config) -> dict:
                          batch_size=cfg.batch_size, optimizer=optimizer, theta=cfg.theta,
                          norm=cfg.norm, label_strength=cfg.label_strength,
                          negatives=cfg.negatives, peer_strength=cfg.peer_strength,
-                         readout=use_readout, readout_lr=cfg.readout_lr,
-                         readout_layers=cfg.readout_layers, on_epoch=on_epoch)
+                         readout_optimizer=readout_optimizer,
+                         readout_layers=cfg.readout_layers,
+                         num_seeds=cfg.seeds if cfg.seeds > 1 else None, on_epoch=on_epoch)
     finally:
         bar.close()
         metrics_file.close()
@@ -286,9 +353,15 @@ def run(cfg: Config) -> dict:
         "config": dataclasses.asdict(cfg),
         "run_dir": str(run_dir),
     }
+    if cfg.seeds > 1:
+        results.update(seeds=cfg.seeds, test_accuracy_std=test["accuracy_std"],
+                       test_accuracy_seeds=test["accuracy_seeds"])
     if "accuracy_softmax" in test:
         results["test_accuracy_softmax"] = test["accuracy_softmax"]
         results["test_error_softmax"] = 1.0 - test["accuracy_softmax"]
+        if cfg.seeds > 1:
+            results.update(test_accuracy_softmax_std=test["accuracy_softmax_std"],
+                           test_accuracy_softmax_seeds=test["accuracy_softmax_seeds"])
     if cfg.validation_size:
         results["validation_accuracy"] = rows[-1]["eval_accuracy"]
         if "eval_accuracy_softmax" in rows[-1]:
@@ -304,14 +377,17 @@ def run(cfg: Config) -> dict:
 
 def main(defaults: Config, description: str, argv=None) -> int:
     """CLI entry: parse flags, run, print a summary; bad input -> one line, exit code 2."""
-    cfg = parse_config(argv, defaults, description)
     try:
+        cfg = parse_config(argv, defaults, description)
         results = run(cfg)
     except (UsageError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     softmax = (f", softmax readout {100 * results['test_accuracy_softmax']:.2f}%"
                if "test_accuracy_softmax" in results else "")
+    if "seeds" in results:
+        softmax += (f" (mean of {results['seeds']} seeds; goodness std "
+                    f"{100 * results['test_accuracy_std']:.2f})")
     print(f"test accuracy {100 * results['test_accuracy']:.2f}% "
           f"(error {100 * results['test_error']:.2f}%){softmax}, "
           f"train {results['train_seconds']:.1f}s + compile {results['compile_seconds']:.1f}s "

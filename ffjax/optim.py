@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optax
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "smoothed_sgd")
 LR_SCALINGS = ("fan_in", "none")
 REFERENCE_FAN_IN = 1000
 
@@ -28,12 +28,16 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = N
     """An optax optimizer; each FF layer gets its own state of it.
 
     Args:
-      name: "adam" (AdamW when weight_decay > 0) or "sgd" (with momentum).
+      name: "adam" (AdamW when weight_decay > 0), "sgd" (heavy-ball momentum) or
+        "smoothed_sgd" (the reference code's update: the step follows an exponential
+        moving average of the gradient, g_s <- m g_s + (1 - m) g, so its size is lr
+        times the gradient, not lr / (1 - m) times as with heavy-ball momentum).
       lr: peak learning rate.
       total_steps: minibatch steps of the whole run, for the decay schedule.
       decay: constant-then-linear-decay schedule (True) or constant lr.
-      momentum: SGD momentum.
-      weight_decay: decoupled weight decay.
+      momentum: SGD momentum / smoothing factor.
+      weight_decay: weight decay (decoupled for Adam; added to the gradient for the SGDs,
+        as in the reference code).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is not known; choose one of {OPTIMIZERS}.")
@@ -45,6 +49,9 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = N
             return optax.adamw(schedule, weight_decay=weight_decay)
         return optax.adam(schedule)
     chain = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+    if name == "smoothed_sgd":
+        return optax.chain(*chain, optax.ema(momentum, debias=False),
+                           optax.scale_by_learning_rate(schedule))
     return optax.chain(*chain, optax.sgd(schedule, momentum=momentum))
 
 

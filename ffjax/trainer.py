@@ -33,6 +33,7 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         theta=None, norm: str = "rms", label_strength: float = labels.DEFAULT_STRENGTH,
         negatives: str = "uniform", peer_strength: float = 0.0, readout: bool = False,
         readout_optimizer=None, readout_lr: float = 0.003, readout_layers=None,
+        num_seeds: int | None = None,
         on_epoch: Callable[[EpochReport, train.TrainState], None] | None = None
         ) -> FitResult:
     """Trains an FF network on (x, y) with every layer learning locally.
@@ -57,6 +58,10 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
       readout: also train the one-pass softmax readout (reading `readout_layers`,
         default all but the first) with `readout_optimizer` (default: Adam at
         `readout_lr` with the same schedule).
+      num_seeds: train this many independent runs at once in one compiled program
+        (jax.vmap over the training state and the keys). Run i is exactly the run
+        fit(jax.random.split(key, num_seeds)[i], ...) would do; the state and every
+        metric then have a leading axis of size num_seeds.
       on_epoch: called after every epoch with its EpochReport and the new state.
     """
     data.check_arrays(x_NxD, y_N, num_classes=num_classes, what="training data")
@@ -79,23 +84,37 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
     if not readout:
         readout_optimizer = None
 
-    init_key, data_key = jax.random.split(key)
-    state = train.init_train_state(init_key, sizes, optimizer,
-                                   readout_optimizer=readout_optimizer,
-                                   readout_layers=readout_layers, num_classes=num_classes)
-    x, y = jax.device_put(x_NxD), jax.device_put(y_N)
+    if num_seeds is not None and int(num_seeds) <= 0:
+        raise ValueError(f"num_seeds={num_seeds} must be a positive integer (or None).")
+
+    def setup(k):
+        init_key, data_key = jax.random.split(k)
+        return train.init_train_state(init_key, sizes, optimizer,
+                                      readout_optimizer=readout_optimizer,
+                                      readout_layers=readout_layers,
+                                      num_classes=num_classes), data_key
+
     epoch_fn = train.make_train_epoch(
         optimizer, batch_size=batch_size, num_classes=num_classes, thetas=thetas, norm=norm,
         label_strength=label_strength, negatives=negatives, peer_strength=peer_strength,
-        readout_optimizer=readout_optimizer, readout_layers=readout_layers)
+        readout_optimizer=readout_optimizer, readout_layers=readout_layers,
+        jit=num_seeds is None)
+    if num_seeds is None:
+        state, data_key = setup(key)
+        epoch_key = jax.random.fold_in
+    else:
+        state, data_key = jax.vmap(setup)(jax.random.split(key, int(num_seeds)))
+        epoch_fn = jax.jit(jax.vmap(epoch_fn, in_axes=(0, None, None, 0)), donate_argnums=0)
+        epoch_key = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    x, y = jax.device_put(x_NxD), jax.device_put(y_N)
     t0 = time.perf_counter()
-    compiled = epoch_fn.lower(state, x, y, jax.random.fold_in(data_key, 0)).compile()
+    compiled = epoch_fn.lower(state, x, y, epoch_key(data_key, 0)).compile()
     compile_seconds = time.perf_counter() - t0
 
     history, train_seconds = [], 0.0
     for e in range(int(epochs)):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, x, y, jax.random.fold_in(data_key, e))
+        state, metrics = compiled(state, x, y, epoch_key(data_key, e))
         metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
         seconds = time.perf_counter() - t0
         train_seconds += seconds

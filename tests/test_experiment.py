@@ -40,6 +40,7 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
     assert abs(results["test_error"] + results["test_accuracy"] - 1.0) < 1e-9
     assert results["test_accuracy"] > 0.85
     assert results["command"].startswith("python -m experiments.mnist")
+    assert 0.85 < results["test_accuracy_softmax"] <= 1  # default: readout trained too
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
 
     again = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden", 8,
@@ -61,6 +62,18 @@ def test_fashion_mnist_experiment_with_validation_split(data_dir, tmp_path):
     assert row["eval_split"] == "validation"
 
 
+def test_several_seeds_in_one_program(data_dir, tmp_path):
+    out = tmp_path / "seeds"
+    proc = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden", 32,
+                "--seeds", 3, "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == 3 and len(results["test_accuracy_seeds"]) == 3
+    assert len(set(results["test_accuracy_seeds"])) > 1  # different seeds, different nets
+    assert abs(results["test_accuracy"] - sum(results["test_accuracy_seeds"]) / 3) < 1e-9
+    assert results["test_accuracy_std"] > 0 and len(results["test_accuracy_softmax_seeds"]) == 3
+
+
 def test_help_explains_every_flag():
     proc = _run("experiments.mnist", "--help")
     assert proc.returncode == 0
@@ -75,6 +88,8 @@ def test_help_explains_every_flag():
     (["--lr", "-1"], "--lr -1.0: must be positive"),
     (["--norm", "layer"], "--norm layer: choose one of rms, l2"),
     (["--data-dir", "/nonexistent/ffjax"], "does not exist"),
+    (["--preset", "paper"], "unknown preset 'paper'"),
+    (["--negatives", "random"], "--negatives random: choose one of uniform, hard, all"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(args, msg, tmp_path):
     proc = _run("experiments.mnist", *args, "--out-dir", tmp_path / "x")

@@ -119,3 +119,52 @@ def test_combined_predict_matches_one_pass_readout_predict():
     alone = inference.make_predict_readout(num_classes=C, chunk_size=11)(net, rp, x)
     np.testing.assert_array_equal(both.readout, alone)
     assert both.readout.shape == (30,)
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    from ffjax import trainer
+    x, y = _toy(48)
+    kwargs = dict(hidden=SIZES[1:], epochs=2, num_classes=C, batch_size=16,
+                  negatives="hard", peer_strength=0.03)
+    # JAX 0.10's key-reuse checker reports a false "already consumed" for any
+    # vmap(scan over split keys), even jax.vmap(lambda k: lax.scan(lambda c, k:
+    # (c + uniform(k), None), 0., split(k, 4))); the unbatched runs below stay checked.
+    with jax.debug_key_reuse(False):
+        many = trainer.fit(jax.random.key(7), x, y, num_seeds=2, **kwargs)
+    assert many.history[-1].metrics.layers.loss.shape == (2, 3)
+    for i in range(2):
+        one = trainer.fit(jax.random.split(jax.random.key(7), 2)[i], x, y, **kwargs)
+        for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(many.state)):
+            np.testing.assert_allclose(a, b[i], rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(one.history[-1].metrics.layers.loss,
+                                   many.history[-1].metrics.layers.loss[i], rtol=2e-5)
+
+
+def test_hinton_preset_is_the_reference_recipe():
+    """The values FF_RECIPE.md states for the author's code."""
+    from ffjax import experiment
+    cfg = experiment.parse_config(["--preset", "hinton"], experiment.Config())
+    assert cfg.hidden == (1000, 1000, 1000) and cfg.batch_size == 100
+    assert cfg.norm == "rms" and cfg.theta is None  # theta = layer width
+    assert cfg.peer_strength == 0.03 and cfg.negatives == "hard" and cfg.readout
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("smoothed_sgd", 0.01, 0.001)
+    assert (cfg.readout_lr, cfg.readout_weight_decay) == (0.1, 0.003)
+    assert cfg.lr_decay and cfg.lr_scaling == "none"
+    assert cfg.score_layers is None and cfg.readout_layers is None  # skip layer 1
+    assert train.PEER_INIT == 0.5
+    # explicit flags still win over the preset
+    cfg = experiment.parse_config(["--preset", "hinton", "--hidden", "50"],
+                                  experiment.Config())
+    assert cfg.hidden == (50,) and cfg.lr == 0.01
+
+
+def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
+    from ffjax import optim
+    opt = optim.make_optimizer("smoothed_sgd", lr=0.1, momentum=0.9)
+    p = jnp.zeros(2)
+    st = opt.init(p)
+    steps = []
+    for _ in range(3):
+        u, st = opt.update(jnp.ones(2), st, p)
+        steps.append(float(u[0]))
+    np.testing.assert_allclose(steps, [-0.01, -0.019, -0.0271], rtol=1e-5)
