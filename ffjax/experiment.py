@@ -48,6 +48,8 @@ class Config:
     label_strength: float = _field(
         labels.DEFAULT_STRENGTH, "value of the one-hot label written into the first C "
                                  "input features")
+    schedule: str = _field("simultaneous", "simultaneous: every layer on every minibatch; "
+                                           "greedy: layer by layer, epochs split equally")
     negatives: str = _field("hard", "negative labels: uniform (over the C-1 wrong ones), "
                                        "hard (from the softmax readout, true label masked; "
                                        "turns the readout on), all (every wrong label)")
@@ -167,6 +169,11 @@ def check_config(cfg: Config) -> None:
         bad(f"--seeds {cfg.seeds}: must be >= 1.")
     if cfg.eval_every < 0:
         bad(f"--eval-every {cfg.eval_every}: must be >= 0.")
+    if cfg.schedule not in trainer.SCHEDULES:
+        bad(f"--schedule {cfg.schedule}: choose one of {', '.join(trainer.SCHEDULES)}.")
+    if cfg.schedule == "greedy" and cfg.epochs < len(cfg.hidden):
+        bad(f"--schedule greedy trains one layer per phase: --epochs must be at least the "
+            f"number of layers ({len(cfg.hidden)}).")
     if cfg.negatives not in train.NEGATIVES:
         bad(f"--negatives {cfg.negatives}: choose one of {', '.join(train.NEGATIVES)}.")
     if not cfg.peer_strength >= 0:
@@ -277,10 +284,14 @@ def run(cfg: Config) -> dict:
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    steps = cfg.epochs * (len(y_fit) // cfg.batch_size)
+    steps_per_epoch = len(y_fit) // cfg.batch_size
+    steps = cfg.epochs * steps_per_epoch
+    # A layer's lr schedule spans the epochs in which it trains.
+    layer_steps = max(n for _, n in trainer.phase_plan(cfg.schedule, cfg.epochs,
+                                                       len(cfg.hidden))) * steps_per_epoch
     optimizer = optim.make_layer_optimizers(
         cfg.optimizer, lr=cfg.lr, sizes=(ds.x_train.shape[1],) + tuple(cfg.hidden),
-        scaling=cfg.lr_scaling, total_steps=steps, decay=cfg.lr_decay,
+        scaling=cfg.lr_scaling, total_steps=layer_steps, decay=cfg.lr_decay,
         weight_decay=cfg.weight_decay)
     readout_optimizer = None
     if use_readout:
@@ -328,7 +339,8 @@ def run(cfg: Config) -> dict:
                          negatives=cfg.negatives, peer_strength=cfg.peer_strength,
                          readout_optimizer=readout_optimizer,
                          readout_layers=cfg.readout_layers,
-                         num_seeds=cfg.seeds if cfg.seeds > 1 else None, on_epoch=on_epoch)
+                         num_seeds=cfg.seeds if cfg.seeds > 1 else None,
+                         schedule=cfg.schedule, on_epoch=on_epoch)
     finally:
         bar.close()
         metrics_file.close()

@@ -151,11 +151,14 @@ def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Ar
 
 def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
                optimizer, thetas: Sequence[float], norm: str = "rms",
-               peer_strength: float = 0.0, peer_momentum: float = 0.9):
+               peer_strength: float = 0.0, peer_momentum: float = 0.9,
+               trainable: Sequence[int] | None = None):
     """Updates every layer once from its own local loss. Returns (state, LayerMetrics).
 
     x_neg_MxD holds M negatives (usually M = B; M = (C - 1) B with all wrong labels).
-    The readout state, if any, is passed through unchanged (see readout_step).
+    `trainable` (default: all) names the layers updated; the others keep their state
+    exactly (greedy layer-by-layer training). The readout state, if any, is passed
+    through unchanged (see readout_step).
     """
     params = params_of(state)
     peer_means = tuple(ls.peer_mean for ls in state.layers)
@@ -168,7 +171,11 @@ def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
 
     grads, (metrics, means) = jax.grad(total, has_aux=True)(params)
     new_layers = []
-    for ls, g, m, opt in zip(state.layers, grads, means, _per_layer(optimizer, len(params))):
+    opts = _per_layer(optimizer, len(params))
+    for i, (ls, g, m, opt) in enumerate(zip(state.layers, grads, means, opts)):
+        if trainable is not None and i not in trainable:
+            new_layers.append(ls)
+            continue
         updates, opt_state = opt.update(g, ls.opt_state, ls.params)
         new_layers.append(LayerState(optax.apply_updates(ls.params, updates), opt_state, m))
     return TrainState(tuple(new_layers), state.readout), metrics
@@ -197,7 +204,8 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                      negatives: str = "uniform", peer_strength: float = 0.0,
                      peer_momentum: float = 0.9,
                      readout_optimizer: optax.GradientTransformation | None = None,
-                     readout_layers: Sequence[int] | None = None, jit: bool = True):
+                     readout_layers: Sequence[int] | None = None,
+                     trainable: Sequence[int] | None = None, jit: bool = True):
     """Builds `epoch(state, x_NxD, y_N, key) -> (state, StepMetrics)`.
 
     One call is one pass over the data on the device: the examples are shuffled with
@@ -221,6 +229,8 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
       readout_optimizer: train a softmax readout with it (the state must have been
         made by init_train_state with a readout_optimizer and the same readout_layers).
       readout_layers: layers the readout reads (default: all but the first).
+      trainable: layers updated in this epoch (default: all, simultaneous training);
+        e.g. (k,) for phase k of greedy layer-by-layer training.
       jit: return the jitted function (state donated) or the pure Python one.
     """
     layers.check_norm(norm)
@@ -236,6 +246,8 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
     if not peer_strength >= 0:
         raise ValueError(f"peer_strength={peer_strength} must be >= 0.")
     thetas = tuple(float(t) for t in thetas)
+    if trainable is not None:
+        trainable = tuple(sorted({int(i) for i in trainable}))
 
     def step(st: TrainState, x_raw, y, key):
         x = labels.to_float(x_raw)
@@ -260,7 +272,7 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                                    strength=label_strength)
         st, layer_metrics = train_step(st, x_pos, x_neg, optimizer=optimizer, thetas=thetas,
                                        norm=norm, peer_strength=peer_strength,
-                                       peer_momentum=peer_momentum)
+                                       peer_momentum=peer_momentum, trainable=trainable)
         read_metrics = None
         if read:
             st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer)

@@ -168,3 +168,22 @@ def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
         u, st = opt.update(jnp.ones(2), st, p)
         steps.append(float(u[0]))
     np.testing.assert_allclose(steps, [-0.01, -0.019, -0.0271], rtol=1e-5)
+
+
+def test_greedy_schedule_trains_one_layer_per_phase():
+    from ffjax import trainer
+    assert trainer.phase_plan("greedy", 7, 3) == [((0,), 2), ((1,), 2), ((2,), 3)]
+    assert trainer.phase_plan("simultaneous", 7, 3) == [(None, 7)]
+    x, y = _toy(48)
+    snapshots = []
+    trainer.fit(jax.random.key(0), x, y, hidden=SIZES[1:], epochs=3, num_classes=C,
+                batch_size=16, schedule="greedy",
+                on_epoch=lambda r, st: snapshots.append(jax.tree.map(np.array, st.layers)))
+    for phase in range(3):
+        before = snapshots[phase - 1] if phase else None
+        for k in range(3):
+            if before is None:
+                continue
+            same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[k]),
+                                                            jax.tree.leaves(snapshots[phase][k])))
+            assert same == (k != phase), (phase, k)
