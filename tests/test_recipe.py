@@ -41,8 +41,8 @@ def test_training_the_readout_leaves_ff_training_unchanged():
     opt = optax.adam(1e-2)
     plain = train.init_train_state(jax.random.key(3), SIZES, opt)
     ep_plain = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS)
-    with_r = train.init_train_state(jax.random.key(3), SIZES, opt, readout_optimizer=optax.adam(0.05),
-                                    num_classes=C)
+    with_r = train.init_train_state(jax.random.key(3), SIZES, opt,
+                                    readout_optimizer=optax.adam(0.05), num_classes=C)
     ep_r = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS,
                                   readout_optimizer=optax.adam(0.05))
     for e in range(3):
