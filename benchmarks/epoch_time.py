@@ -1,10 +1,13 @@
-"""FF training epoch and ten-label inference time: `python -m benchmarks.epoch_time --help`.
+"""FF training epoch and inference time: `python -m benchmarks.epoch_time --help`.
 
 Times one MNIST-sized epoch (60k examples of 784 uint8 features, 10 classes) of the
-ffjax training loop for several architectures: compilation reported apart, then the
-median of --repeats epochs (each blocked until ready), and the median time of goodness
-inference over 10k test-sized examples. The data are random pixels: the work per epoch
-does not depend on their values. Results go to benchmarks/results/<device>-<date>-epoch.json.
+ffjax training loop for several architectures, in two variants measured in the same run:
+"plain" (uniform negatives, no readout) and "recipe" (the experiments' default: hard
+negatives from the softmax readout, peer normalization, readout trained). Compilation is
+reported apart; then the median of --repeats epochs (each blocked until ready), and the
+median times of ten-label goodness inference and of the one-pass softmax readout over
+10k examples. The data are random pixels: the work per epoch does not depend on their
+values. Results go to benchmarks/results/<device>-<date>-epoch.json.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ def _timed(fn, repeats):
     return times
 
 
-def bench_config(sizes, *, batch_size, repeats, n_train=60_000, n_test=10_000, seed=0):
+VARIANTS = {
+    "plain": dict(negatives="uniform", peer_strength=0.0, readout=False),
+    "recipe": dict(negatives="hard", peer_strength=0.03, readout=True),
+}
+
+
+def bench_config(sizes, *, variant, batch_size, repeats, n_train=60_000, n_test=10_000,
+                 seed=0):
     rng = np.random.default_rng(seed)
     x = jax.device_put(rng.integers(0, 256, (n_train, sizes[0]), dtype=np.uint8))
     y = jax.device_put(rng.integers(0, 10, (n_train,), dtype=np.int32))
@@ -42,12 +52,16 @@ def bench_config(sizes, *, batch_size, repeats, n_train=60_000, n_test=10_000, s
     steps = n_train // batch_size
     opts = optim.make_layer_optimizers("adam", lr=0.0015, sizes=sizes,
                                        total_steps=steps * (repeats + 1))
+    v = VARIANTS[variant]
+    ro = optim.make_optimizer("adam", lr=0.003) if v["readout"] else None
     key = jax.random.key(seed)
     init_key, data_key = jax.random.split(key)
-    state = train.init_train_state(init_key, sizes, opts)
+    state = train.init_train_state(init_key, sizes, opts, readout_optimizer=ro,
+                                   num_classes=10)
     epoch = train.make_train_epoch(opts, batch_size=batch_size, num_classes=10,
                                    thetas=objective.resolve_thetas(None, sizes[1:]),
-                                   label_strength=2.0)
+                                   negatives=v["negatives"], peer_strength=v["peer_strength"],
+                                   readout_optimizer=ro)
     t0 = time.perf_counter()
     compiled = epoch.lower(state, x, y, jax.random.fold_in(data_key, 0)).compile()
     compile_s = time.perf_counter() - t0
@@ -61,22 +75,33 @@ def bench_config(sizes, *, batch_size, repeats, n_train=60_000, n_test=10_000, s
     one_epoch()  # warm-up
     epoch_times = _timed(one_epoch, repeats)
 
-    predict = inference.make_predict(num_classes=10, label_strength=2.0)
+    predict = inference.make_predict(num_classes=10)
     params = train.params_of(box["state"])
     t0 = time.perf_counter()
     jax.block_until_ready(predict(params, x_test))  # compile + first run
     infer_first = time.perf_counter() - t0
     infer_times = _timed(lambda: predict(params, x_test), max(repeats, 5))
+    one_pass = None
+    if box["state"].readout is not None:
+        rp = box["state"].readout.params
+        predict_ro = inference.make_predict_readout(num_classes=10)
+        jax.block_until_ready(predict_ro(params, rp, x_test))
+        one_pass = statistics.median(_timed(lambda: predict_ro(params, rp, x_test),
+                                            max(repeats, 5)))
     flops = 6 * 2 * batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * steps
     return {
         "sizes": list(sizes),
+        "variant": variant,
         "batch_size": batch_size,
         "compile_seconds": compile_s,
         "epoch_seconds_median": statistics.median(epoch_times),
         "epoch_seconds_all": epoch_times,
+        # 6 FLOP per weight per row (forward + backward) for the B positives and B
+        # negatives; the recipe's extra neutral-label pass and readout are not counted.
         "train_tflop_per_epoch": flops / 1e12,
         "achieved_tflops": flops / 1e12 / statistics.median(epoch_times),
         "infer_10k_seconds_median": statistics.median(infer_times),
+        "one_pass_infer_10k_seconds_median": one_pass,
         "infer_compile_and_first_seconds": infer_first,
     }
 
@@ -87,6 +112,8 @@ def main(argv=None):
                         help="architectures as D-H1-H2-..., e.g. 784-2000-2000")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5, help="timed epochs per config")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="plain: uniform negatives; recipe: the experiments' default")
     parser.add_argument("--out", default=None, help="output JSON (default: "
                         "benchmarks/results/<device>-<date>-epoch.json)")
     args = parser.parse_args(argv)
@@ -94,12 +121,16 @@ def main(argv=None):
     rows = []
     for cfg in args.configs:
         sizes = tuple(int(s) for s in cfg.split("-"))
-        row = bench_config(sizes, batch_size=args.batch_size, repeats=args.repeats)
-        rows.append(row)
-        print(f"{cfg:>28}  batch {args.batch_size}: epoch {row['epoch_seconds_median']:.3f}s "
-              f"(compile {row['compile_seconds']:.1f}s, {row['achieved_tflops']:.2f} TFLOP/s)"
-              f"  10-label inference on 10k: {1e3 * row['infer_10k_seconds_median']:.1f} ms",
-              flush=True)
+        for variant in args.variants:
+            row = bench_config(sizes, variant=variant, batch_size=args.batch_size,
+                               repeats=args.repeats)
+            rows.append(row)
+            one = row["one_pass_infer_10k_seconds_median"]
+            print(f"{cfg:>24} {variant:>6}  batch {args.batch_size}: epoch "
+                  f"{row['epoch_seconds_median']:.3f}s (compile {row['compile_seconds']:.1f}s, "
+                  f"{row['achieved_tflops']:.2f} TFLOP/s)  inference on 10k: ten-label "
+                  f"{1e3 * row['infer_10k_seconds_median']:.1f} ms"
+                  + (f", one-pass {1e3 * one:.1f} ms" if one is not None else ""), flush=True)
     record = {
         "benchmark": "epoch_time",
         "device": device,

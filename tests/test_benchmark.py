@@ -1,0 +1,17 @@
+import json
+
+from benchmarks import epoch_time
+
+
+def test_epoch_time_benchmark_writes_its_record(tmp_path):
+    out = tmp_path / "bench.json"
+    epoch_time.main(["--configs", "784-16", "--repeats", "1", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert {"device", "jax_version", "date", "command", "results"} <= set(record)
+    rows = record["results"]
+    assert [r["variant"] for r in rows] == ["plain", "recipe"]
+    for r in rows:
+        assert r["sizes"] == [784, 16] and r["epoch_seconds_median"] > 0
+        assert r["compile_seconds"] > 0 and r["infer_10k_seconds_median"] > 0
+    assert rows[0]["one_pass_infer_10k_seconds_median"] is None
+    assert rows[1]["one_pass_infer_10k_seconds_median"] > 0
