@@ -35,13 +35,14 @@ class Config:
     hidden: typing.Tuple[int, ...] = _field(
         (2000, 2000, 2000, 2000), "hidden layer widths, e.g. --hidden 2000 2000 2000 2000")
     batch_size: int = _field(100, "minibatch size (positives; as many negatives)")
-    lr: float = _field(0.0015, "peak learning rate of a layer with 1000 inputs (see "
-                              "--lr-scaling)")
-    lr_scaling: str = _field("fan_in", "fan_in: a layer with n inputs uses lr*1000/n; "
-                                       "none: lr for every layer")
-    optimizer: str = _field("adam", f"optimizer of every layer: {', '.join(optim.OPTIMIZERS)}")
+    lr: float = _field(0.01, "peak learning rate (with --lr-scaling fan_in: of a layer "
+                            "with 1000 inputs)")
+    lr_scaling: str = _field("none", "fan_in: a layer with n inputs uses lr*1000/n (use "
+                                     "with adam); none: lr for every layer")
+    optimizer: str = _field("smoothed_sgd", "optimizer of every layer and of the readout: "
+                                            f"{', '.join(optim.OPTIMIZERS)}")
     lr_decay: bool = _field(True, "constant lr for half the run, then linear decay to 0")
-    weight_decay: float = _field(0.0, "weight decay of the FF layers")
+    weight_decay: float = _field(0.001, "weight decay of the FF layers")
     theta: typing.Optional[float] = _field(
         None, "goodness threshold on the sum of squares (default: each layer's width)")
     norm: str = _field("rms", "length normalization before each layer: rms or l2")
@@ -57,9 +58,9 @@ class Config:
                                        "reference recipe uses 0.03)")
     readout: bool = _field(True, "also train the one-pass softmax readout and report it "
                                  "(always on with --negatives hard)")
-    readout_lr: float = _field(0.003, "learning rate of the softmax readout (same optimizer "
+    readout_lr: float = _field(0.1, "learning rate of the softmax readout (same optimizer "
                                       "as the layers)")
-    readout_weight_decay: float = _field(0.0, "weight decay of the softmax readout")
+    readout_weight_decay: float = _field(0.003, "weight decay of the softmax readout")
     readout_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
         None, "0-based layers the softmax readout reads (default: all but the first)")
     score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
