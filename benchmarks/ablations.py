@@ -1,0 +1,93 @@
+"""Regenerates the README's validation ablations: `python -m benchmarks.ablations`.
+
+Each row is one `python -m experiments.mnist` run on the validation split (the last 10k
+training images); the test set is not looked at. Prints a markdown table and writes
+benchmarks/results/ablations[-<only>]-<device>-<date>.json. About 10 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ffjax import experiment
+
+ADAM = ["--optimizer", "adam", "--lr-scaling", "fan_in", "--lr", "0.0015", "--weight-decay", "0",
+        "--readout-lr", "0.003", "--readout-weight-decay", "0"]
+PLAIN = ["--negatives", "uniform", "--peer-strength", "0", "--no-readout"]
+
+# (question, label, flags)
+ROWS = [
+    ("label strength", "1.0", ["--hidden", "500", "500", "--epochs", "2", *ADAM, *PLAIN,
+                               "--label-strength", "1"]),
+    ("label strength", "2.0", ["--hidden", "500", "500", "--epochs", "2", *ADAM, *PLAIN,
+                               "--label-strength", "2"]),
+    ("label strength", "4.0", ["--hidden", "500", "500", "--epochs", "2", *ADAM, *PLAIN,
+                               "--label-strength", "4"]),
+    ("Adam lr per layer", "one lr (0.002)", ["--hidden", "2000", "2000", "2000", "--epochs", "1",
+                                             *ADAM, *PLAIN, "--lr-scaling", "none",
+                                             "--lr", "0.002"]),
+    ("Adam lr per layer", "lr * 1000 / fan-in", ["--hidden", "2000", "2000", "2000",
+                                                 "--epochs", "1", *ADAM, *PLAIN]),
+    ("negatives, peer norm", "uniform, 0", ["--hidden", "1000", "1000", "1000", "--epochs", "5",
+                                            *ADAM, *PLAIN]),
+    ("negatives, peer norm", "uniform, 0.03", ["--hidden", "1000", "1000", "1000", "--epochs",
+                                               "5", *ADAM, *PLAIN, "--peer-strength", "0.03"]),
+    ("negatives, peer norm", "hard, 0", ["--hidden", "1000", "1000", "1000", "--epochs", "5",
+                                         *ADAM, "--negatives", "hard", "--peer-strength", "0"]),
+    ("negatives, peer norm", "hard, 0.03", ["--hidden", "1000", "1000", "1000", "--epochs", "5",
+                                            *ADAM, "--negatives", "hard"]),
+    ("optimizer", "Adam", ["--hidden", "1000", "1000", "1000", "--epochs", "10", *ADAM]),
+    ("optimizer", "smoothed SGD (default)", ["--hidden", "1000", "1000", "1000", "--epochs",
+                                             "10"]),
+]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--only", default=None, help="run only rows whose question has this")
+    args = parser.parse_args(argv)
+    records = []
+    print("| question | setting | validation accuracy (goodness / softmax) | s / epoch |")
+    print("| --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (question, label, flags) in enumerate(ROWS):
+            if args.only and args.only not in question:
+                continue
+            cmd = [sys.executable, "-m", "experiments.mnist", *flags, "--validation-size",
+                   "10000", "--eval-every", "0", "--out-dir", f"{tmp}/{i}"]
+            if args.data_dir:
+                cmd += ["--data-dir", args.data_dir]
+            subprocess.run(cmd, check=True, capture_output=True)
+            r = json.loads(Path(f"{tmp}/{i}/results.json").read_text())
+            soft = r.get("validation_accuracy_softmax")
+            soft_s = f"{100 * soft:.2f} %" if soft is not None else "–"
+            print(f"| {question} | {label} | {100 * r['validation_accuracy']:.2f} % / {soft_s} "
+                  f"| {r['seconds_per_epoch_median']:.1f} |", flush=True)
+            records.append({"question": question, "setting": label,
+                            "command": "python -m experiments.mnist " + " ".join(flags)
+                            + " --validation-size 10000",
+                            "validation_accuracy": r["validation_accuracy"],
+                            "validation_accuracy_softmax": soft,
+                            "seconds_per_epoch_median": r["seconds_per_epoch_median"]})
+    device = experiment.device_description()
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    date = datetime.date.today().isoformat()
+    part = "-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-") if args.only else ""
+    out = Path(f"benchmarks/results/ablations{part}-{slug}-{date}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": device, "date": date,
+                               "command": experiment.command_line(), "rows": records},
+                              indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
