@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from ffjax import data, inference, labels, layers, objective, optim, plots, train, trainer
 
@@ -299,8 +300,6 @@ def run(cfg: Config) -> dict:
         readout_optimizer = optim.make_optimizer(
             cfg.optimizer, lr=cfg.readout_lr, total_steps=steps, decay=cfg.lr_decay,
             weight_decay=cfg.readout_weight_decay)
-    from tqdm.auto import tqdm
-
     rows = []
     bar = tqdm(total=cfg.epochs, desc=f"FF {cfg.dataset}", unit="epoch")
     metrics_file = open(run_dir / "metrics.jsonl", "w")

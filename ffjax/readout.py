@@ -39,7 +39,11 @@ def logits(rparams: layers.DenseParams, feats_BxF: jax.Array) -> jax.Array:
     return feats_BxF @ rparams.w + rparams.b
 
 
+def cross_entropy(logits_BxC: jax.Array, y_B: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of logits against integer labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits_BxC, y_B))
+
+
 def loss(rparams: layers.DenseParams, feats_BxF: jax.Array, y_B: jax.Array) -> jax.Array:
-    """Mean softmax cross-entropy."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        logits(rparams, feats_BxF), y_B))
+    """The readout's training loss: mean softmax cross-entropy."""
+    return cross_entropy(logits(rparams, feats_BxF), y_B)

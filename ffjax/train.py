@@ -189,8 +189,8 @@ def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, *,
 
     def loss_fn(rp):
         lg = readout.logits(rp, feats_BxF)
-        ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(lg, y_B))
-        return ce, jnp.mean((jnp.argmax(lg, -1) == y_B).astype(jnp.float32))
+        correct = (jnp.argmax(lg, -1) == y_B).astype(jnp.float32)
+        return readout.cross_entropy(lg, y_B), jnp.mean(correct)
 
     (ce, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(rs.params)
     updates, opt_state = readout_optimizer.update(g, rs.opt_state, rs.params)

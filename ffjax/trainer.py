@@ -98,8 +98,6 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
     if readout and readout_optimizer is None:
         readout_optimizer = optim.make_optimizer("adam", lr=readout_lr,
                                                  total_steps=epochs * steps_per_epoch)
-    if not readout:
-        readout_optimizer = None
 
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES}.")
