@@ -78,7 +78,7 @@ def main(argv=None):
                             "validation_accuracy_softmax": soft,
                             "seconds_per_epoch_median": r["seconds_per_epoch_median"]})
     device = experiment.device_description()
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    slug = experiment.device_slug()
     date = datetime.date.today().isoformat()
     part = "-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-") if args.only else ""
     out = Path(f"benchmarks/results/ablations{part}-{slug}-{date}.json")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import re
 import statistics
 import time
 from pathlib import Path
@@ -139,7 +138,7 @@ def main(argv=None):
         "command": experiment.command_line(),
         "results": rows,
     }
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    slug = experiment.device_slug()
     out = Path(args.out or f"benchmarks/results/{slug}-{record['date']}-epoch.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))

@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import time
 import typing
@@ -216,6 +217,11 @@ def device_description() -> str:
     if d.platform == "cpu":
         return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     return f"{d.platform} ({d.device_kind}) x{jax.device_count()}"
+
+
+def device_slug() -> str:
+    """device_description() as a file-name part, e.g. cpu-x86-64-2-cores."""
+    return re.sub(r"[^a-z0-9]+", "-", device_description().lower()).strip("-")
 
 
 def command_line() -> str:

@@ -74,6 +74,15 @@ def _chunked(fn, x_NxD: jax.Array, chunk_size: int):
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
+def _readout_argmax(params, rparams, x_BxD, *, num_classes, label_strength, norm,
+                    readout_layers):
+    """(B,) labels predicted by the softmax readout from one neutral-label pass."""
+    sel = layers.resolve_layer_selection(readout_layers, len(params), what="readout_layers")
+    f = readout.features(params, x_BxD, num_classes=num_classes, readout_layers=sel,
+                         label_strength=label_strength, norm=norm)
+    return jnp.argmax(readout.logits(rparams, f), -1)
+
+
 def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STRENGTH,
                  norm: str = "rms", score_layers: Sequence[int] | None = None,
                  readout_layers: Sequence[int] | None = None, chunk_size: int = 1000):
@@ -92,17 +101,14 @@ def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STR
     def predict(params, x_NxD, readout_params=None):
         chosen = jnp.array(resolve_score_layers(score_layers, len(params)))
 
-        sel = layers.resolve_layer_selection(readout_layers, len(params),
-                                             what="readout_layers")
-
         def one(xc):
             g = layer_goodness(params, xc, num_classes=num_classes,
                                label_strength=label_strength, norm=norm)  # (b, L, C)
             out = (jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1), jnp.argmax(g, -1))
             if readout_params is not None:
-                f = readout.features(params, xc, num_classes=num_classes, readout_layers=sel,
-                                     label_strength=label_strength, norm=norm)
-                out += (jnp.argmax(readout.logits(readout_params, f), -1),)
+                out += (_readout_argmax(params, readout_params, xc, num_classes=num_classes,
+                                        label_strength=label_strength, norm=norm,
+                                        readout_layers=readout_layers),)
             return out
 
         return Predictions(*_chunked(one, x_NxD, chunk_size))
@@ -120,13 +126,10 @@ def make_predict_readout(*, num_classes: int,
 
     @jax.jit
     def predict(params, readout_params, x_NxD):
-        sel = layers.resolve_layer_selection(readout_layers, len(params),
-                                             what="readout_layers")
-
         def one(xc):
-            f = readout.features(params, xc, num_classes=num_classes, readout_layers=sel,
-                                 label_strength=label_strength, norm=norm)
-            return jnp.argmax(readout.logits(readout_params, f), -1)
+            return _readout_argmax(params, readout_params, xc, num_classes=num_classes,
+                                   label_strength=label_strength, norm=norm,
+                                   readout_layers=readout_layers)
 
         return _chunked(one, x_NxD, chunk_size)
 
