@@ -22,18 +22,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from benchmarks.timing import timed
 from ffjax import experiment, inference, objective, optim, train
 
 DEFAULT_CONFIGS = ("784-500-500", "784-1000-1000-1000", "784-2000-2000-2000-2000")
-
-
-def _timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 VARIANTS = {
@@ -72,20 +64,20 @@ def bench_config(sizes, *, variant, batch_size, repeats, n_train=60_000, n_test=
         return box["state"], m
 
     one_epoch()  # warm-up
-    epoch_times = _timed(one_epoch, repeats)
+    epoch_times = timed(one_epoch, repeats)
 
     predict = inference.make_predict(num_classes=10)
     params = train.params_of(box["state"])
     t0 = time.perf_counter()
     jax.block_until_ready(predict(params, x_test))  # compile + first run
     infer_first = time.perf_counter() - t0
-    infer_times = _timed(lambda: predict(params, x_test), max(repeats, 5))
+    infer_times = timed(lambda: predict(params, x_test), max(repeats, 5))
     one_pass = None
     if box["state"].readout is not None:
         rp = box["state"].readout.params
         predict_ro = inference.make_predict_readout(num_classes=10)
         jax.block_until_ready(predict_ro(params, rp, x_test))
-        one_pass = statistics.median(_timed(lambda: predict_ro(params, rp, x_test),
+        one_pass = statistics.median(timed(lambda: predict_ro(params, rp, x_test),
                                             max(repeats, 5)))
     flops = 6 * 2 * batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * steps
     return {

@@ -236,6 +236,23 @@ def _layer_row(metrics: objective.LayerMetrics) -> dict:
             for k in objective.LayerMetrics._fields}
 
 
+def make_optimizers(cfg: Config, num_inputs: int, steps_per_epoch: int):
+    """(per-layer optimizers, readout optimizer or None) for a run of `cfg` on inputs of
+    width `num_inputs` with `steps_per_epoch` minibatches per epoch."""
+    # A layer's lr schedule spans the epochs in which it trains.
+    layer_steps = max(n for _, n in trainer.phase_plan(cfg.schedule, cfg.epochs,
+                                                       len(cfg.hidden))) * steps_per_epoch
+    optimizer = optim.make_layer_optimizers(
+        cfg.optimizer, lr=cfg.lr, sizes=(int(num_inputs),) + tuple(cfg.hidden),
+        scaling=cfg.lr_scaling, total_steps=layer_steps, decay=cfg.lr_decay,
+        weight_decay=cfg.weight_decay)
+    if not (cfg.readout or cfg.negatives == "hard"):
+        return optimizer, None
+    return optimizer, optim.make_optimizer(
+        cfg.optimizer, lr=cfg.readout_lr, total_steps=cfg.epochs * steps_per_epoch,
+        decay=cfg.lr_decay, weight_decay=cfg.readout_weight_decay)
+
+
 def run(cfg: Config) -> dict:
     """Trains and evaluates one FF network as `cfg` says; returns results.json's content."""
     check_config(cfg)
@@ -252,7 +269,6 @@ def run(cfg: Config) -> dict:
     run_dir = prepare_run_dir(cfg)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
-    use_readout = cfg.readout or cfg.negatives == "hard"
     predict = inference.make_predict(num_classes=ds.num_classes,
                                      label_strength=cfg.label_strength, norm=cfg.norm,
                                      score_layers=cfg.score_layers,
@@ -292,20 +308,8 @@ def run(cfg: Config) -> dict:
         out["seconds"] = time.perf_counter() - t0
         return out
 
-    steps_per_epoch = len(y_fit) // cfg.batch_size
-    steps = cfg.epochs * steps_per_epoch
-    # A layer's lr schedule spans the epochs in which it trains.
-    layer_steps = max(n for _, n in trainer.phase_plan(cfg.schedule, cfg.epochs,
-                                                       len(cfg.hidden))) * steps_per_epoch
-    optimizer = optim.make_layer_optimizers(
-        cfg.optimizer, lr=cfg.lr, sizes=(ds.x_train.shape[1],) + tuple(cfg.hidden),
-        scaling=cfg.lr_scaling, total_steps=layer_steps, decay=cfg.lr_decay,
-        weight_decay=cfg.weight_decay)
-    readout_optimizer = None
-    if use_readout:
-        readout_optimizer = optim.make_optimizer(
-            cfg.optimizer, lr=cfg.readout_lr, total_steps=steps, decay=cfg.lr_decay,
-            weight_decay=cfg.readout_weight_decay)
+    optimizer, readout_optimizer = make_optimizers(cfg, ds.x_train.shape[1],
+                                                   len(y_fit) // cfg.batch_size)
     rows = []
     bar = tqdm(total=cfg.epochs, desc=f"FF {cfg.dataset}", unit="epoch")
     metrics_file = open(run_dir / "metrics.jsonl", "w")

@@ -91,3 +91,41 @@ def _save(fig, path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_compare_accuracy(models: Sequence[dict], path) -> Path:
+    """Test error against training time (compilation excluded) for each benchmarked model
+    (benchmarks.compare records)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in models:
+        t = [r["train_seconds_cumulative"] for r in m["epochs"]]
+        ax.plot(t, [100 * (1 - r["test_accuracy"]) for r in m["epochs"]], marker="o",
+                label=m["model"])
+        if "test_accuracy_softmax" in m["epochs"][0]:
+            ax.plot(t, [100 * (1 - r["test_accuracy_softmax"]) for r in m["epochs"]],
+                    marker=".", ls="--", label=f"{m['model']} (softmax readout)")
+    ax.set(xlabel="training seconds (compilation excluded)", ylabel="test error (%)",
+           xscale="log", yscale="log", title="Test error against training time")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_scaling(scaling: dict, path) -> Path:
+    """Seconds per epoch against width, depth and batch size, one panel each."""
+    axes_names = [k for k, v in scaling.items() if v]
+    fig, axes = plt.subplots(1, len(axes_names), figsize=(5 * len(axes_names), 4),
+                             squeeze=False)
+    for ax, axis in zip(axes[0], axes_names):
+        points = scaling[axis]
+        for model in dict.fromkeys(p["model"] for p in points):
+            mine = [p for p in points if p["model"] == model]
+            xs = [{"width": p["hidden"][0], "depth": len(p["hidden"]),
+                   "batch_size": p["batch_size"]}[axis] for p in mine]
+            ax.plot(xs, [p["epoch_seconds_median"] for p in mine], marker="o", label=model)
+        ax.set(xlabel=axis, ylabel="seconds per epoch", yscale="log",
+               xscale="log" if axis != "depth" else "linear",
+               title=f"Epoch time vs {axis}")
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
