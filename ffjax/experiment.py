@@ -6,9 +6,12 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import re
+import shutil
+import signal
 import sys
 import time
 import typing
@@ -18,7 +21,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ffjax import data, inference, labels, layers, objective, optim, plots, train, trainer
+from ffjax import (checkpoint, data, inference, labels, layers, objective, optim, parallel,
+                   plots, train, trainer)
 
 
 def _field(default, help: str):
@@ -75,6 +79,21 @@ class Config:
     seed: int = _field(0, "random seed (initialization, shuffling, negative labels)")
     seeds: int = _field(1, "train this many seeds at once in one compiled program (vmap) "
                            "and report mean and std over them")
+    devices: typing.Optional[int] = _field(
+        None, "split every minibatch over the first N local devices (data parallelism; "
+              "default: all of them); --batch-size must divide by N")
+    coordinator: typing.Optional[str] = _field(
+        None, "multi-host runs: host:port of process 0 (jax.distributed.initialize); "
+              "give --num-processes and --process-id too")
+    num_processes: int = _field(1, "multi-host runs: number of processes")
+    process_id: int = _field(0, "multi-host runs: this process's index")
+    checkpoint_every: int = _field(
+        10, "save a checkpoint (orbax, <run dir>/checkpoints) every N epochs and at the "
+            "end (0: only at the end)")
+    resume: typing.Optional[str] = _field(
+        None, "continue the interrupted run in this run directory from its last "
+              "checkpoint, with its saved settings (only --data-dir and --devices may "
+              "be given too)")
     out_dir: typing.Optional[str] = _field(
         None, "run directory (default: runs/<dataset>-<date>-<time>)")
     overwrite: bool = _field(False, "allow writing into a run directory that has files")
@@ -134,15 +153,66 @@ def apply_preset(cfg: Config, name: str | None) -> Config:
     return dataclasses.replace(cfg, preset=name, **PRESETS[name])
 
 
+RESUME_FLAGS = ("--resume", "--data-dir", "--devices")
+
+
+def _resumed_config(argv, run_dir: str, data_dir: str | None,
+                    devices: int | None) -> Config:
+    """The Config saved in run_dir/config.json, to continue that run."""
+    given = sorted({a.split("=")[0] for a in argv if a.startswith("--")} - set(RESUME_FLAGS))
+    if given:
+        raise UsageError(f"--resume continues a run with the settings saved in its "
+                         f"config.json; drop {', '.join(given)} (only --data-dir may "
+                         "and --devices may change).")
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"--resume {run_dir}: no run there ({path} does not exist). Give "
+                         "the run directory of the run to continue.")
+    try:
+        saved = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(Config)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                  if k in known}
+        cfg = Config(**values)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--resume {run_dir}: {path} is not a readable ffjax config "
+                         f"({e}).") from None
+    return dataclasses.replace(cfg, resume=str(run_dir), out_dir=str(run_dir),
+                               data_dir=data_dir or cfg.data_dir, overwrite=False,
+                               devices=devices if devices is not None else cfg.devices)
+
+
 def parse_config(argv, defaults: Config, description: str = "") -> Config:
-    """Flags over (the preset's settings over) `defaults`."""
+    """Flags over (the preset's settings over) `defaults`; with --resume, the saved
+    settings of that run."""
+    return parse_config_with(argv, defaults, description)[0]
+
+
+def parse_config_with(argv, defaults: Config, description: str = "",
+                      extra: dict | None = None) -> tuple:
+    """parse_config plus `extra` flags ({dest: argparse kwargs}) that are not Config
+    fields: returns (Config, {dest: value})."""
+    extra = extra or {}
+    argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default=defaults.preset)
-    name = pre.parse_known_args(argv)[0].preset
+    pre.add_argument("--resume", default=None)
+    pre.add_argument("--data-dir", default=None)
+    pre.add_argument("--devices", type=int, default=None)
+    known = pre.parse_known_args(argv)[0]
+    if known.resume is not None and "-h" not in argv and "--help" not in argv:
+        if extra:
+            raise UsageError("--resume is not available here.")
+        return _resumed_config(argv, known.resume, known.data_dir, known.devices), {}
+    name = known.preset
     defaults = apply_preset(defaults, name)
-    args = make_parser(defaults, description).parse_args(argv)
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
-    return dataclasses.replace(defaults, **values)
+    parser = make_parser(defaults, description)
+    for dest, kwargs in extra.items():
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, **kwargs)
+    values = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in vars(parser.parse_args(argv)).items()}
+    extras = {k: values.pop(k) for k in extra}
+    return dataclasses.replace(defaults, **values), extras
 
 
 def check_config(cfg: Config) -> None:
@@ -150,8 +220,24 @@ def check_config(cfg: Config) -> None:
     def bad(msg):
         raise UsageError(msg)
 
+    for f in dataclasses.fields(Config):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            bad(f"--{f.name.replace('_', '-')} {v}: must be a finite number.")
     if cfg.epochs <= 0:
         bad(f"--epochs {cfg.epochs}: must be a positive integer.")
+    if not cfg.label_strength > 0:
+        bad(f"--label-strength {cfg.label_strength}: must be positive (it is the value "
+            "of the one-hot label features).")
+    if cfg.devices is not None and cfg.devices < 1:
+        bad(f"--devices {cfg.devices}: must be >= 1.")
+    if cfg.num_processes < 1 or not 0 <= cfg.process_id < cfg.num_processes:
+        bad(f"--process-id {cfg.process_id} must be in [0, --num-processes "
+            f"{cfg.num_processes}).")
+    if cfg.num_processes > 1 and not cfg.coordinator:
+        bad("--num-processes > 1 needs --coordinator host:port (the address of process 0).")
+    if cfg.checkpoint_every < 0:
+        bad(f"--checkpoint-every {cfg.checkpoint_every}: must be >= 0.")
     if not cfg.hidden or any(h <= 0 for h in cfg.hidden):
         bad(f"--hidden {' '.join(map(str, cfg.hidden))}: widths must be positive integers.")
     if cfg.batch_size <= 0:
@@ -209,6 +295,8 @@ def prepare_run_dir(cfg: Config) -> Path:
         raise UsageError(f"run directory {run_dir} already holds files; choose another "
                          "--out-dir or pass --overwrite to write into it.")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:  # the old run's checkpoints must not be resumed as this run's
+        shutil.rmtree(run_dir / checkpoint.SUBDIR, ignore_errors=True)
     return run_dir
 
 
@@ -253,9 +341,63 @@ def make_optimizers(cfg: Config, num_inputs: int, steps_per_epoch: int):
         decay=cfg.lr_decay, weight_decay=cfg.readout_weight_decay)
 
 
+class TrainingStopped(RuntimeError):
+    """Training ended before its last epoch (Ctrl-C, divergence); the message says what
+    was kept and how to go on."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def resume_command(run_dir) -> str:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec and spec.name else "experiments.mnist"
+    return f"python -m {module} --resume {run_dir}"
+
+
+class _StopRequest:
+    """Within `with`, the first Ctrl-C asks training to stop after the current epoch (and
+    save a checkpoint); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: finishing this epoch, then saving a checkpoint "
+                   "(press Ctrl-C again to stop at once without saving).")
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def run(cfg: Config) -> dict:
     """Trains and evaluates one FF network as `cfg` says; returns results.json's content."""
     check_config(cfg)
+    if cfg.coordinator:
+        parallel.initialize_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    try:
+        devices = parallel.select_devices(cfg.devices)
+        if len(devices) > 1:
+            parallel.check_batch_divides(cfg.batch_size, len(devices))
+    except ValueError as e:
+        raise UsageError(f"{e} (--batch-size {cfg.batch_size}, --devices "
+                         f"{cfg.devices or 'all'})") from None
+    mesh = parallel.data_mesh(devices) if len(devices) > 1 else None
+    put = jax.device_put if mesh is None else (lambda a: parallel.replicate(a, mesh))
     ds = data.load(cfg.dataset, cfg.data_dir)
     x_fit, y_fit = ds.x_train, ds.y_train
     if cfg.validation_size:
@@ -266,8 +408,23 @@ def run(cfg: Config) -> dict:
     if cfg.batch_size > len(y_fit):
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set "
                          f"({len(y_fit)} examples).")
-    run_dir = prepare_run_dir(cfg)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+    else:
+        run_dir = prepare_run_dir(cfg)
+        saved = dataclasses.replace(cfg, out_dir=str(run_dir), overwrite=False)
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(saved), indent=2))
+    ckpts = checkpoint.Checkpoints(run_dir)
+    start_epoch = 0
+    if cfg.resume:
+        start_epoch = ckpts.latest_epoch() or 0
+        if not start_epoch:
+            raise UsageError(f"--resume {run_dir}: no checkpoint in {ckpts.directory}; the "
+                             "run stopped before its first one. Start it again with "
+                             "--overwrite.")
+        if start_epoch >= cfg.epochs and (run_dir / "results.json").exists():
+            raise UsageError(f"--resume {run_dir}: that run already finished all "
+                             f"{cfg.epochs} epochs (see its results.json).")
 
     predict = inference.make_predict(num_classes=ds.num_classes,
                                      label_strength=cfg.label_strength, norm=cfg.norm,
@@ -275,7 +432,7 @@ def run(cfg: Config) -> dict:
                                      readout_layers=cfg.readout_layers)
     eval_split, x_eval, y_eval = (("validation", x_val, y_val) if cfg.validation_size
                                   else ("test", ds.x_test, ds.y_test))
-    x_eval_dev = jax.device_put(x_eval)
+    x_eval_dev = put(x_eval)
 
     def seed_states(state):
         if cfg.seeds == 1:
@@ -311,8 +468,15 @@ def run(cfg: Config) -> dict:
     optimizer, readout_optimizer = make_optimizers(cfg, ds.x_train.shape[1],
                                                    len(y_fit) // cfg.batch_size)
     rows = []
-    bar = tqdm(total=cfg.epochs, desc=f"FF {cfg.dataset}", unit="epoch")
+    if start_epoch:  # keep the rows of the checkpointed epochs, redo the others
+        old_rows = (run_dir / "metrics.jsonl").read_text().splitlines() if (
+            run_dir / "metrics.jsonl").exists() else []
+        rows = [r for r in map(json.loads, old_rows) if r["epoch"] <= start_epoch]
     metrics_file = open(run_dir / "metrics.jsonl", "w")
+    for r in rows:
+        metrics_file.write(json.dumps(r) + "\n")
+    stop = _StopRequest()
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"FF {cfg.dataset}", unit="epoch")
 
     def on_epoch(report: trainer.EpochReport, state):
         e = report.epoch + 1
@@ -340,31 +504,56 @@ def run(cfg: Config) -> dict:
             postfix["softmax"] = f"{100 * row['eval_accuracy_softmax']:.2f}%"
         bar.set_postfix(postfix)
         bar.update(1)
+        if e == cfg.epochs or stop.requested or (
+                cfg.checkpoint_every and e % cfg.checkpoint_every == 0):
+            ckpts.save(e, state)
+        return stop.requested
+
+    def restore(template):
+        return ckpts.restore(start_epoch, template)
 
     try:
-        result = trainer.fit(jax.random.key(cfg.seed), x_fit, y_fit, hidden=cfg.hidden,
-                         epochs=cfg.epochs, num_classes=ds.num_classes,
-                         batch_size=cfg.batch_size, optimizer=optimizer, theta=cfg.theta,
-                         norm=cfg.norm, label_strength=cfg.label_strength,
-                         negatives=cfg.negatives, peer_strength=cfg.peer_strength,
-                         readout_optimizer=readout_optimizer,
-                         readout_layers=cfg.readout_layers,
-                         num_seeds=cfg.seeds if cfg.seeds > 1 else None,
-                         schedule=cfg.schedule, on_epoch=on_epoch)
+        with stop:
+            result = trainer.fit(
+                jax.random.key(cfg.seed), x_fit, y_fit, hidden=cfg.hidden,
+                epochs=cfg.epochs, num_classes=ds.num_classes, batch_size=cfg.batch_size,
+                optimizer=optimizer, theta=cfg.theta, norm=cfg.norm,
+                label_strength=cfg.label_strength, negatives=cfg.negatives,
+                peer_strength=cfg.peer_strength, readout_optimizer=readout_optimizer,
+                readout_layers=cfg.readout_layers,
+                num_seeds=cfg.seeds if cfg.seeds > 1 else None, schedule=cfg.schedule,
+                on_epoch=on_epoch, resume_from=restore if start_epoch else None,
+                start_epoch=start_epoch, devices=devices if mesh is not None else None)
+    except trainer.DivergedError as err:
+        last = ckpts.latest_epoch()
+        kept = (f"the last good checkpoint (epoch {last}) is kept in {ckpts.directory}"
+                if last else "no checkpoint had been saved yet")
+        raise TrainingStopped(f"{err} Training stopped; {kept}.", exit_code=1) from None
+    except KeyboardInterrupt:
+        last = ckpts.latest_epoch()
+        raise TrainingStopped(
+            "stopped without saving" + (f"; resume from the checkpoint of epoch {last}: "
+                                        f"{resume_command(run_dir)}" if last else "."),
+            exit_code=130) from None
     finally:
         bar.close()
         metrics_file.close()
+        ckpts.close()
+    if result.epochs_completed < cfg.epochs:
+        raise TrainingStopped(
+            f"interrupted: saved a checkpoint after epoch {result.epochs_completed} of "
+            f"{cfg.epochs}. Resume with: {resume_command(run_dir)}", exit_code=130)
 
-    test = evaluate(result.state, jax.device_put(ds.x_test), ds.y_test)
+    test = evaluate(result.state, put(ds.x_test), ds.y_test)
     results = {
         "test_accuracy": test["accuracy"],
         "test_error": 1.0 - test["accuracy"],
         "test_accuracy_per_layer": test["accuracy_per_layer"],
         "score_layers": list(inference.resolve_score_layers(cfg.score_layers,
                                                             len(cfg.hidden))),
-        "train_seconds": result.train_seconds,
+        "train_seconds": float(sum(r["seconds"] for r in rows)),
         "compile_seconds": result.compile_seconds,
-        "seconds_per_epoch_median": float(np.median([r.seconds for r in result.history])),
+        "seconds_per_epoch_median": float(np.median([r["seconds"] for r in rows])),
         "test_eval_seconds": test["seconds"],
         "epochs": cfg.epochs,
         "num_train": int(len(y_fit)),
@@ -402,8 +591,17 @@ def main(defaults: Config, description: str, argv=None) -> int:
     try:
         cfg = parse_config(argv, defaults, description)
         results = run(cfg)
+    except TrainingStopped as e:
+        print(f"error: {e}" if e.exit_code != 130 else str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was saved.", file=sys.stderr)
+        return 130
     except (UsageError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # unwritable run directory, full disk, ...
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     softmax = (f", softmax readout {100 * results['test_accuracy_softmax']:.2f}%"
                if "test_accuracy_softmax" in results else "")

@@ -78,3 +78,12 @@ def make_layer_optimizers(name: str = "adam", *, lr: float, sizes, scaling: str 
     with learning rates from layer_learning_rates; kwargs go to make_optimizer."""
     rates = layer_learning_rates(lr, list(sizes)[:-1], scaling=scaling)
     return tuple(make_optimizer(name, lr=r, **kwargs) for r in rates)
+
+
+def with_lr(optimizer: optax.GradientTransformation, lr) -> optax.GradientTransformation:
+    """`optimizer` (built with lr=1) with its updates scaled by `lr`, held in the optimizer
+    state (optax.inject_hyperparams), so `lr` may be a traced value: states initialized
+    under jax.vmap with different rates train different rates through one update
+    function. Equal to building `optimizer` with `lr` in place of 1 (up to float
+    rounding)."""
+    return optax.chain(optimizer, optax.inject_hyperparams(optax.scale)(step_size=lr))

@@ -205,8 +205,9 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                      peer_momentum: float = 0.9,
                      readout_optimizer: optax.GradientTransformation | None = None,
                      readout_layers: Sequence[int] | None = None,
-                     trainable: Sequence[int] | None = None, jit: bool = True):
-    """Builds `epoch(state, x_NxD, y_N, key) -> (state, StepMetrics)`.
+                     trainable: Sequence[int] | None = None, batch_sharding=None,
+                     jit: bool = True):
+    """Builds `epoch(state, x_NxD, y_N, key, thetas=None) -> (state, StepMetrics)`.
 
     One call is one pass over the data on the device: the examples are shuffled with
     `key`, split into N // batch_size minibatches (the remainder, different each epoch,
@@ -218,7 +219,9 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
         init_train_state.
       batch_size: minibatch size B.
       num_classes: C; labels are written into the first C features.
-      thetas: per-layer goodness thresholds (see objective.resolve_thetas).
+      thetas: per-layer goodness thresholds (see objective.resolve_thetas). The epoch
+        also takes an (L,) array `thetas` argument that replaces them, so thresholds can
+        vary across a jax.vmap (a sweep over thresholds in one program).
       norm: "rms" or "l2".
       label_strength: value of the one-hot label features.
       negatives: "uniform" (one wrong label per example, uniform over the C - 1),
@@ -231,6 +234,10 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
       readout_layers: layers the readout reads (default: all but the first).
       trainable: layers updated in this epoch (default: all, simultaneous training);
         e.g. (k,) for phase k of greedy layer-by-layer training.
+      batch_sharding: a jax.sharding.Sharding for the minibatch rows (data
+        parallelism, see ffjax.parallel): every minibatch is laid out with it and jit
+        propagates the layout, so each device computes its slice of the batch and the
+        gradients are summed across devices. None: wherever the inputs are.
       jit: return the jitted function (state donated) or the pure Python one.
     """
     layers.check_norm(norm)
@@ -245,12 +252,17 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                          "readout_optimizer (and build the state with one).")
     if not peer_strength >= 0:
         raise ValueError(f"peer_strength={peer_strength} must be >= 0.")
-    thetas = tuple(float(t) for t in thetas)
+    default_thetas = tuple(float(t) for t in thetas)
     if trainable is not None:
         trainable = tuple(sorted({int(i) for i in trainable}))
 
-    def step(st: TrainState, x_raw, y, key):
-        x = labels.to_float(x_raw)
+    def place(a):
+        return a if batch_sharding is None else jax.lax.with_sharding_constraint(
+            a, batch_sharding)
+
+    def step(st: TrainState, x_raw, y, key, thetas):
+        x = labels.to_float(place(x_raw))
+        y = place(y)
         read = st.readout is not None
         if read:
             params = params_of(st)
@@ -278,7 +290,8 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
             st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer)
         return st, StepMetrics(layer_metrics, read_metrics)
 
-    def epoch(state: TrainState, x_NxD: jax.Array, y_N: jax.Array, key: jax.Array):
+    def epoch(state: TrainState, x_NxD: jax.Array, y_N: jax.Array, key: jax.Array,
+              thetas=None):
         if (state.readout is None) != (readout_optimizer is None):
             raise ValueError(
                 "the training state and the epoch function disagree about the softmax "
@@ -293,9 +306,17 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
         batches = order.reshape(steps, batch_size)
         neg_keys = jax.random.split(neg_key, steps)
 
+        if thetas is None:
+            layer_thetas = default_thetas
+        else:
+            if jnp.shape(thetas) != (len(default_thetas),):
+                raise ValueError(f"thetas must have shape ({len(default_thetas)},), one "
+                                 f"per layer; got {jnp.shape(thetas)}.")
+            layer_thetas = tuple(thetas[i] for i in range(len(default_thetas)))
+
         def body(st, inp):
             idx, k = inp
-            return step(st, x_NxD[idx], y_N[idx], k)
+            return step(st, x_NxD[idx], y_N[idx], k, layer_thetas)
 
         state, metrics = jax.lax.scan(body, state, (batches, neg_keys))
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)

@@ -8,7 +8,7 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from ffjax import data, labels, objective, optim, train
+from ffjax import data, labels, objective, optim, parallel, train
 
 
 class EpochReport(NamedTuple):
@@ -32,12 +32,43 @@ def phase_plan(schedule: str, epochs: int, num_layers: int) -> list:
 
 
 class FitResult(NamedTuple):
-    """The trained state, one EpochReport per epoch, and timings (compilation apart)."""
+    """The trained state, one EpochReport per epoch run, timings (compilation apart), and
+    the number of epochs completed (less than asked when on_epoch stopped training)."""
 
     state: train.TrainState
     history: list
     compile_seconds: float
     train_seconds: float
+    epochs_completed: int
+
+
+class DivergedError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the state of that epoch is discarded."""
+
+    def __init__(self, epoch: int, layer: int | None, seed: int | None, value: float):
+        self.epoch, self.layer, self.seed, self.value = epoch, layer, seed, value
+        where = f"layer {layer + 1}'s FF loss" if layer is not None else "the readout's loss"
+        seed_txt = f" (seed {seed})" if seed is not None else ""
+        super().__init__(
+            f"training diverged: {where}{seed_txt} was {value} in epoch {epoch + 1}. "
+            "Lower the learning rate (--lr) or the goodness threshold (--theta), or use "
+            "the default optimizer.")
+
+
+def check_finite(report: EpochReport) -> None:
+    """Raises DivergedError naming the first layer (and seed) whose epoch loss is NaN/Inf."""
+    loss = np.asarray(report.metrics.layers.loss)  # (L,) or (K, L) with K seeds
+    bad = np.argwhere(~np.isfinite(np.atleast_2d(loss)))
+    if bad.size:
+        seed, layer = (int(i) for i in bad[0])
+        raise DivergedError(report.epoch, layer, seed if loss.ndim == 2 else None,
+                            float(np.atleast_2d(loss)[seed, layer]))
+    if report.metrics.readout is not None:
+        ro = np.atleast_1d(np.asarray(report.metrics.readout.loss))
+        if not np.all(np.isfinite(ro)):
+            seed = int(np.argwhere(~np.isfinite(ro))[0][0])
+            raise DivergedError(report.epoch, None, seed if ro.size > 1 else None,
+                                float(ro[seed]))
 
 
 def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
@@ -46,8 +77,9 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         negatives: str = "uniform", peer_strength: float = 0.0, readout: bool = False,
         readout_optimizer=None, readout_lr: float = 0.003, readout_layers=None,
         num_seeds: int | None = None, schedule: str = "simultaneous",
-        on_epoch: Callable[[EpochReport, train.TrainState], None] | None = None
-        ) -> FitResult:
+        on_epoch: Callable[[EpochReport, train.TrainState], bool | None] | None = None,
+        resume_from: Callable[[train.TrainState], train.TrainState] | None = None,
+        start_epoch: int = 0, devices=None) -> FitResult:
     """Trains an FF network on (x, y) with every layer learning locally.
 
     Args:
@@ -78,7 +110,22 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         "greedy" (layer by layer: layer k alone is trained during the k-th of L equal
         phases of the epochs, the last phase taking the remainder; the readout trains
         throughout). With greedy, pass optimizers whose schedules span one phase.
-      on_epoch: called after every epoch with its EpochReport and the new state.
+      on_epoch: called after every epoch with its EpochReport and the new state; when it
+        returns True, training stops after that epoch (FitResult.epochs_completed).
+      resume_from: continue an interrupted run: called with a freshly initialized state
+        (a template of the structure, shapes and dtypes) and returns the saved state
+        after `start_epoch` epochs (e.g. Checkpoints.restore). Training then runs
+        epochs start_epoch .. epochs - 1 with the same data order and negatives as the
+        uninterrupted run, so it ends in exactly the same state on the same platform.
+      devices: data parallelism over these devices (a list of jax devices, or a count
+        of the first jax.devices()): every minibatch is split across them, parameters
+        and optimizer states are replicated (ffjax.parallel). batch_size must divide
+        by their number. None: one device, as without sharding.
+
+    Raises:
+      ValueError: bad arguments, before anything is compiled.
+      DivergedError: an epoch's loss was NaN or infinite (checked after every epoch; the
+        state of that epoch is not passed to on_epoch).
     """
     data.check_arrays(x_NxD, y_N, num_classes=num_classes, what="training data")
     if int(epochs) <= 0:
@@ -106,6 +153,17 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
                          f"{len(hidden)} epochs (one phase per layer); got {epochs}.")
     if num_seeds is not None and int(num_seeds) <= 0:
         raise ValueError(f"num_seeds={num_seeds} must be a positive integer (or None).")
+    if not 0 <= int(start_epoch) <= int(epochs):
+        raise ValueError(f"start_epoch={start_epoch} must be in [0, epochs={epochs}].")
+    if int(start_epoch) and resume_from is None:
+        raise ValueError("start_epoch > 0 needs resume_from (the state to continue from).")
+    mesh = None
+    if devices is not None:
+        if isinstance(devices, int):
+            devices = parallel.select_devices(devices)
+        if len(devices) > 1:
+            parallel.check_batch_divides(batch_size, len(devices))
+            mesh = parallel.data_mesh(devices)
 
     def setup(k):
         init_key, data_key = jax.random.split(k)
@@ -119,7 +177,9 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
             optimizer, batch_size=batch_size, num_classes=num_classes, thetas=thetas,
             norm=norm, label_strength=label_strength, negatives=negatives,
             peer_strength=peer_strength, readout_optimizer=readout_optimizer,
-            readout_layers=readout_layers, trainable=trainable, jit=num_seeds is None)
+            readout_layers=readout_layers, trainable=trainable,
+            batch_sharding=None if mesh is None else parallel.batch_sharding(mesh),
+            jit=num_seeds is None)
         if num_seeds is not None:
             fn = jax.jit(jax.vmap(fn, in_axes=(0, None, None, 0)), donate_argnums=0)
         return fn
@@ -130,7 +190,12 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
     else:
         state, data_key = jax.vmap(setup)(jax.random.split(key, int(num_seeds)))
         epoch_key = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-    x, y = jax.device_put(x_NxD), jax.device_put(y_N)
+    if resume_from is not None:
+        state = resume_from(state)
+    if mesh is None:
+        x, y = jax.device_put(x_NxD), jax.device_put(y_N)
+    else:
+        state, data_key, x, y = parallel.replicate((state, data_key, x_NxD, y_N), mesh)
     compiled, compile_seconds = [], 0.0
     for trainable, _ in phases:  # one compiled epoch per phase (one in all, unless greedy)
         t0 = time.perf_counter()
@@ -139,15 +204,17 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         compile_seconds += time.perf_counter() - t0
     epoch_fns = [fn for fn, (_, n) in zip(compiled, phases) for _ in range(n)]
 
-    history, train_seconds = [], 0.0
-    for e, epoch_fn in enumerate(epoch_fns):
+    history, train_seconds, done = [], 0.0, int(start_epoch)
+    for e in range(int(start_epoch), len(epoch_fns)):
         t0 = time.perf_counter()
-        state, metrics = epoch_fn(state, x, y, epoch_key(data_key, e))
+        state, metrics = epoch_fns[e](state, x, y, epoch_key(data_key, e))
         metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
         seconds = time.perf_counter() - t0
         train_seconds += seconds
         report = EpochReport(e, metrics, seconds)
+        check_finite(report)
         history.append(report)
-        if on_epoch is not None:
-            on_epoch(report, state)
-    return FitResult(state, history, compile_seconds, train_seconds)
+        done = e + 1
+        if on_epoch is not None and on_epoch(report, state):
+            break
+    return FitResult(state, history, compile_seconds, train_seconds, done)

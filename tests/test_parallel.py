@@ -1,0 +1,92 @@
+"""Data parallelism over 8 host devices (forced on CPU, in a subprocess so this process's
+single-device JAX is untouched): the sharded run matches the single-device run, the state
+really is placed on all devices, and the gradients really are reduced across them."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO
+
+EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from ffjax import data, objective, optim, parallel, train, trainer
+
+    ds = data.load("mnist", sys.argv[1])
+    x, y = ds.x_train[:2000], ds.y_train[:2000]
+    assert jax.device_count() == 8, jax.devices()
+    runs = {}
+    for n in (None, 8, 2):
+        r = trainer.fit(jax.random.key(0), x, y, hidden=(32, 32), epochs=2, num_classes=10,
+                        batch_size=80, peer_strength=0.03, readout=True, devices=n)
+        runs[n] = r
+    out = {"loss": {}, "max_param_diff": {}}
+    base = jax.tree.leaves(runs[None].state)
+    for n, r in runs.items():
+        out["loss"][str(n)] = np.stack([h.metrics.layers.loss for h in r.history]).tolist()
+        out["max_param_diff"][str(n)] = max(
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+            for a, b in zip(jax.tree.leaves(r.state), base))
+    leaf = runs[8].state.layers[0].params.w
+    out["devices_of_state"] = len(leaf.sharding.device_set)
+    out["replicated"] = bool(leaf.sharding.is_fully_replicated)
+    # Two seeds at once on 8 devices: vmap and sharding compose.
+    seeds = trainer.fit(jax.random.key(0), x, y, hidden=(16,), epochs=1, num_classes=10,
+                        batch_size=80, num_seeds=2, devices=8)
+    out["seeds_loss_shape"] = list(np.shape(seeds.history[0].metrics.layers.loss))
+    # The compiled sharded epoch sums gradients across devices.
+    mesh = parallel.data_mesh(jax.devices())
+    opt = optim.make_optimizer("adam", lr=1e-3)
+    st = parallel.replicate(train.init_train_state(jax.random.key(1), (784, 32), opt), mesh)
+    xs, ys = parallel.replicate((x, y), mesh)
+    epoch = train.make_train_epoch(opt, batch_size=80, num_classes=10,
+                                   thetas=objective.resolve_thetas(None, (32,)),
+                                   batch_sharding=parallel.batch_sharding(mesh))
+    hlo = epoch.lower(st, xs, ys, jax.random.key(2)).compile().as_text()
+    out["all_reduce"] = "all-reduce" in hlo
+    try:
+        trainer.fit(jax.random.key(0), x, y, hidden=(8,), epochs=1, num_classes=10,
+                    batch_size=100, devices=8)
+    except ValueError as e:
+        out["indivisible"] = str(e)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def _python(code_args, env=None):
+    return subprocess.run([sys.executable, *code_args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_eight_device_run_equals_the_single_device_run(data_dir):
+    proc = _python(["-c", SCRIPT, str(data_dir)], EIGHT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    base = out["loss"]["None"]
+    for n in ("8", "2"):
+        for a, b in zip(out["loss"][n], base):
+            for u, v in zip(a, b):
+                assert abs(u - v) <= 1e-4 * max(1.0, abs(v)), (n, a, b)
+        assert out["max_param_diff"][n] < 1e-4, out["max_param_diff"]
+    assert out["devices_of_state"] == 8 and out["replicated"]
+    assert out["seeds_loss_shape"] == [2, 1]
+    assert out["all_reduce"]
+    assert "batch_size=100 does not split evenly across 8 devices" in out["indivisible"]
+
+
+def test_cli_devices_flag(data_dir, tmp_path):
+    common = ["-m", "experiments.mnist", "--data-dir", str(data_dir), "--hidden", "16",
+              "--epochs", "1"]
+    bad = _python(common + ["--out-dir", str(tmp_path / "a")], EIGHT)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "does not split evenly across 8 devices" in bad.stderr
+    assert "--devices all" in bad.stderr
+    ok = _python(common + ["--devices", "4", "--out-dir", str(tmp_path / "b")], EIGHT)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["test_accuracy"] > 0.5 and results["config"]["devices"] == 4

@@ -1,0 +1,297 @@
+"""Reliability: checkpoints and exact resume, Ctrl-C, divergence guard, determinism, and a
+clear one-line refusal (exit code 2) for every kind of bad input a user can give."""
+
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from ffjax import checkpoint, experiment, trainer
+from experiments import mnist
+from tests.conftest import REPO
+
+# Big enough that an epoch takes a moment on 2 CPU cores, so a run can be stopped mid-way.
+RUN = ["--hidden", "128", "128", "--epochs", "4"]
+
+
+def _start(*args):
+    return subprocess.Popen([sys.executable, "-m", "experiments.mnist", *map(str, args)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.mnist", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _wait_for(predicate, proc, timeout=300):
+    t0 = time.time()
+    while not predicate():
+        assert proc.poll() is None, f"the run ended early: {proc.communicate()[1][-2000:]}"
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.02)
+
+
+def _final_state(run_dir, epochs):
+    ckpt = checkpoint.Checkpoints(run_dir)
+    path = ckpt.directory / str(epochs)
+    assert path.is_dir(), f"no checkpoint of epoch {epochs} in {ckpt.directory}"
+    import orbax.checkpoint as ocp
+    state = ocp.StandardCheckpointer().restore(path / "default")
+    ckpt.close()
+    return state
+
+
+def _same_run(a, b):
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    for k in ("test_accuracy", "test_accuracy_softmax", "test_accuracy_per_layer"):
+        assert ra[k] == rb[k], k
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for d in (a, b)]
+    timing = {"seconds", "eval_seconds"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows[0]] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows[1]]
+    sa, sb = _final_state(a, ra["epochs"]), _final_state(b, rb["epochs"])
+    la, lb = jax.tree.leaves(sa), jax.tree.leaves(sb)
+    assert len(la) == len(lb) > 0
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    proc = _run("--data-dir", data_dir, *RUN, "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_killed_run_resumes_to_exactly_the_uninterrupted_result(data_dir, tmp_path,
+                                                                uninterrupted):
+    out = tmp_path / "killed"
+    proc = _start("--data-dir", data_dir, *RUN, "--checkpoint-every", 1, "--out-dir", out)
+    _wait_for(lambda: (out / "checkpoints" / "2").is_dir(), proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (out / "results.json").exists()
+
+    resumed = _run("--resume", out, "--data-dir", data_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_run(uninterrupted, out)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(data_dir, tmp_path, uninterrupted):
+    out = tmp_path / "interrupted"
+    # --checkpoint-every 0: the only checkpoint before the end is the one Ctrl-C makes.
+    proc = _start("--data-dir", data_dir, *RUN, "--checkpoint-every", 0, "--out-dir", out)
+    metrics = out / "metrics.jsonl"
+    _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert f"Resume with: python -m experiments.mnist --resume {out}" in err
+    done = len(metrics.read_text().splitlines())
+    assert 1 <= done < 4 and checkpoint.Checkpoints(out).latest_epoch() == done
+    assert not (out / "results.json").exists()
+
+    resumed = _run("--resume", out, "--data-dir", data_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_run(uninterrupted, out)
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(mnist, tmp_path):
+    x, y = mnist.x_train[:1000], mnist.y_train[:1000]
+    # A sane rate for two epochs (10 steps each), then an absurd one.
+    lr = optax.piecewise_constant_schedule(0.01, {20: 1e12})
+    ckpts = checkpoint.Checkpoints(tmp_path)
+    saved = []
+
+    def on_epoch(report, state):
+        ckpts.save(report.epoch + 1, state)
+        saved.append(report.epoch + 1)
+
+    with pytest.raises(trainer.DivergedError) as e:
+        trainer.fit(jax.random.key(0), x, y, hidden=(32, 32), epochs=6, num_classes=10,
+                    optimizer=optax.sgd(lr), on_epoch=on_epoch)
+    assert e.value.epoch == 2 and e.value.layer is not None
+    assert "training diverged" in str(e.value) and "Lower the learning rate" in str(e.value)
+    assert saved == [1, 2] and ckpts.latest_epoch() == 2  # the NaN state was never saved
+    ckpts.close()
+
+
+def test_divergence_on_the_cli_is_one_line_naming_the_layer(data_dir, tmp_path):
+    code, err = _main_in_process(["--data-dir", str(data_dir), "--hidden", "32",
+                                  "--epochs", "2", "--lr", "1000",
+                                  "--out-dir", str(tmp_path / "d")])
+    assert code == 1
+    assert "training diverged: layer 1's FF loss was nan in epoch 1" in err
+    assert "Lower the learning rate (--lr)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_same_seed_same_platform_gives_identical_runs(mnist):
+    x, y = mnist.x_train[:2000], mnist.y_train[:2000]
+
+    def run():
+        r = trainer.fit(jax.random.key(3), x, y, hidden=(32, 16), epochs=2, num_classes=10,
+                        negatives="hard", peer_strength=0.03)
+        return [np.asarray(h.metrics.layers.loss) for h in r.history], r.state
+
+    (m1, s1), (m2, s2) = run(), run()
+    for a, b in zip(m1, m2):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---- bad input: one line on stderr, exit code 2, nothing deep from JAX ------------------
+
+def _main_in_process(argv, capsys=None):
+    """Runs the real CLI entry point (experiments.mnist's main) in this process."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = experiment.main(mnist.DEFAULTS, "test", argv)
+    return code, err.getvalue()
+
+
+def _copy_mnist(data_dir, tmp_path):
+    dst = tmp_path / "data" / "mnist"
+    shutil.copytree(data_dir / "mnist", dst)
+    return tmp_path / "data", dst
+
+
+def _gz(path, payload: bytes):
+    with gzip.open(path, "wb") as f:
+        f.write(payload)
+
+
+def _idx_labels(values):
+    return (b"\x00\x00\x08\x01" + len(values).to_bytes(4, "big") + bytes(values))
+
+
+def _break_missing(d):
+    (d / "t10k-labels-idx1-ubyte.gz").unlink()
+    return "found no t10k-labels-idx1-ubyte.gz"
+
+
+def _break_corrupt(d):
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip data")
+    return "t10k-labels-idx1-ubyte.gz"
+
+
+def _break_truncated(d):
+    p = d / "train-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:5000])
+    return "train-images-idx3-ubyte.gz"
+
+
+def _break_magic(d):
+    _gz(d / "t10k-labels-idx1-ubyte.gz", b"\x12\x34\x08\x01" + (0).to_bytes(4, "big"))
+    return "magic"
+
+
+def _break_label_range(d):
+    _gz(d / "t10k-labels-idx1-ubyte.gz", _idx_labels([3, 12] * 5000))
+    return "labels go up to 12"
+
+
+def _break_count(d):
+    _gz(d / "t10k-labels-idx1-ubyte.gz", _idx_labels([1] * 9000))
+    return "holds 10000 images but"
+
+
+@pytest.mark.parametrize("breaker", [_break_missing, _break_corrupt, _break_truncated,
+                                     _break_magic, _break_label_range, _break_count])
+def test_malformed_data_files_are_refused_in_one_line(breaker, data_dir, tmp_path):
+    root, folder = _copy_mnist(data_dir, tmp_path)
+    msg = breaker(folder)
+    code, err = _main_in_process(["--data-dir", str(root), "--hidden", "8", "--epochs", "1",
+                                  "--out-dir", str(tmp_path / "run")])
+    assert code == 2 and msg in err, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--data-dir", "{missing}"], "Point --data-dir (or FFJAX_DATA_DIR)"),
+    (["--batch-size", "70000"], "--batch-size 70000 is larger than the training set"),
+    (["--batch-size", "0"], "--batch-size 0: must be a positive integer"),
+    (["--hidden", "0"], "--hidden 0: widths must be positive"),
+    (["--lr", "0"], "--lr 0.0: must be positive"),
+    (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--theta", "inf"], "--theta inf: must be a finite number"),
+    (["--label-strength", "0"], "--label-strength 0.0: must be positive"),
+    (["--validation-size", "60000"], "--validation-size 60000 leaves no training data"),
+    (["--readout-layers", "7"], "readout-layers"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1: must be >= 0"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--out-dir", "{file}"], "exists and is not a directory"),
+    (["--resume", "{missing}"], "no run there"),
+])
+def test_bad_settings_are_refused_in_one_line(args, msg, data_dir, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    args = [a.format(missing=tmp_path / "nowhere", file=a_file) for a in args]
+    argv = ["--data-dir", str(data_dir), "--hidden", "8", "--epochs", "1",
+            "--out-dir", str(tmp_path / "run")]
+    if args[0] == "--resume":
+        argv = []
+    code, err = _main_in_process(argv + args)
+    assert code == 2 and msg in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert a_file.read_text() == "mine"
+
+
+def test_unwritable_run_directory_is_one_line(data_dir, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, err = _main_in_process(["--data-dir", str(data_dir), "--hidden", "8",
+                                      "--epochs", "1", "--out-dir", str(locked / "run")])
+    finally:
+        locked.chmod(0o700)
+    assert code == 2 and "Permission denied" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(data_dir, tmp_path):
+    out = tmp_path / "r"
+    code, _ = _main_in_process(["--data-dir", str(data_dir), "--hidden", "8", "--epochs", "1",
+                                "--out-dir", str(out)])
+    assert code == 0
+    code, err = _main_in_process(["--resume", str(out), "--lr", "0.5"])
+    assert code == 2 and "drop --lr" in err
+    code, err = _main_in_process(["--resume", str(out), "--data-dir", str(data_dir)])
+    assert code == 2 and "already finished all 1 epochs" in err
+
+
+def test_fit_rejects_bad_arguments_before_compiling(mnist):
+    x, y = mnist.x_train[:200], mnist.y_train[:200]
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="widths must be positive|positive"):
+        trainer.fit(key, x, y, hidden=(0,), epochs=1, num_classes=10)
+    with pytest.raises(ValueError, match="epochs=0"):
+        trainer.fit(key, x, y, hidden=(8,), epochs=0, num_classes=10)
+    with pytest.raises(ValueError, match="batch_size=500"):
+        trainer.fit(key, x, y, hidden=(8,), epochs=1, num_classes=10, batch_size=500)
+    with pytest.raises(ValueError, match="lr=-1"):
+        trainer.fit(key, x, y, hidden=(8,), epochs=1, num_classes=10, lr=-1.0)
+    with pytest.raises(ValueError, match="larger than the input width"):
+        trainer.fit(key, x[:, :5], y, hidden=(8,), epochs=1, num_classes=10)
+    bad = np.asarray(x, np.float32)
+    bad[3, 7] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        trainer.fit(key, bad, y, hidden=(8,), epochs=1, num_classes=10)
