@@ -96,11 +96,14 @@ def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, *, hidden: Sequence[int],
                                       readout_layers=readout_layers,
                                       num_classes=num_classes), data_key
 
-    keys = jnp.stack([jax.random.key(p.seed) for p in points])
+    keys = jax.vmap(jax.random.key)(jnp.asarray([p.seed for p in points], jnp.uint32))
     lrs = jnp.asarray([p.lr for p in points], jnp.float32)
     thetas = jnp.asarray([objective.resolve_thetas(p.theta, hidden) for p in points],
                          jnp.float32)
     state, data_keys = jax.vmap(setup)(keys, lrs)
+    # Every layer's optimizer state holds the same lrs array: give each leaf its own
+    # buffer, since the epoch donates the state.
+    state = jax.tree.map(jnp.copy, state)
     epoch = train.make_train_epoch(
         layer_optimizers(1.0), batch_size=batch_size, num_classes=num_classes,
         thetas=objective.resolve_thetas(None, hidden), norm=norm,

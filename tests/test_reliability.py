@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -112,8 +113,10 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(data_dir, tmp_path, un
 
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(mnist, tmp_path):
     x, y = mnist.x_train[:1000], mnist.y_train[:1000]
-    # A sane rate for two epochs (10 steps each), then an absurd one.
-    lr = optax.piecewise_constant_schedule(0.01, {20: 1e12})
+    # A sane rate for two epochs (10 steps each), then an infinite one.
+    def lr(count):
+        return jnp.where(count < 20, 0.01, jnp.inf)
+
     ckpts = checkpoint.Checkpoints(tmp_path)
     saved = []
 
@@ -136,7 +139,7 @@ def test_divergence_on_the_cli_is_one_line_naming_the_layer(data_dir, tmp_path):
                                   "--out-dir", str(tmp_path / "d")])
     assert code == 1
     assert "training diverged: layer 1's FF loss was nan in epoch 1" in err
-    assert "Lower the learning rate (--lr)" in err and len(err.strip().splitlines()) == 1
+    assert "Lower the learning rate (--lr)" in err and _one_line(err)
 
 
 def test_same_seed_same_platform_gives_identical_runs(mnist):
@@ -152,6 +155,13 @@ def test_same_seed_same_platform_gives_identical_runs(mnist):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _one_line(err: str) -> bool:
+    """stderr holds exactly one message line besides progress-bar redraws."""
+    lines = [ln for ln in err.replace("\r", "\n").splitlines()
+             if ln.strip() and "%|" not in ln]
+    return len(lines) == 1 and "Traceback" not in err
 
 
 # ---- bad input: one line on stderr, exit code 2, nothing deep from JAX ------------------
@@ -220,7 +230,7 @@ def test_malformed_data_files_are_refused_in_one_line(breaker, data_dir, tmp_pat
     code, err = _main_in_process(["--data-dir", str(root), "--hidden", "8", "--epochs", "1",
                                   "--out-dir", str(tmp_path / "run")])
     assert code == 2 and msg in err, err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and _one_line(err)
 
 
 @pytest.mark.parametrize("args, msg", [
@@ -249,7 +259,7 @@ def test_bad_settings_are_refused_in_one_line(args, msg, data_dir, tmp_path):
         argv = []
     code, err = _main_in_process(argv + args)
     assert code == 2 and msg in err, err
-    assert len(err.strip().splitlines()) == 1
+    assert _one_line(err)
     assert a_file.read_text() == "mine"
 
 
@@ -264,7 +274,7 @@ def test_unwritable_run_directory_is_one_line(data_dir, tmp_path):
                                       "--epochs", "1", "--out-dir", str(locked / "run")])
     finally:
         locked.chmod(0o700)
-    assert code == 2 and "Permission denied" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "Permission denied" in err and _one_line(err)
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(data_dir, tmp_path):
