@@ -236,6 +236,9 @@ def check_config(cfg: Config) -> None:
             f"{cfg.num_processes}).")
     if cfg.num_processes > 1 and not cfg.coordinator:
         bad("--num-processes > 1 needs --coordinator host:port (the address of process 0).")
+    if cfg.num_processes > 1 and not (cfg.out_dir or cfg.resume):
+        bad("multi-host runs need --out-dir: the same run directory for every process, on "
+            "storage they share (checkpoints are written there by all of them).")
     if cfg.checkpoint_every < 0:
         bad(f"--checkpoint-every {cfg.checkpoint_every}: must be >= 0.")
     if not cfg.hidden or any(h <= 0 for h in cfg.hidden):
@@ -408,8 +411,13 @@ def run(cfg: Config) -> dict:
     if cfg.batch_size > len(y_fit):
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set "
                          f"({len(y_fit)} examples).")
+    # With several processes, process 0 writes the run directory's files; all of them
+    # take part in saving checkpoints (orbax coordinates them).
+    primary = jax.process_index() == 0
     if cfg.resume:
         run_dir = Path(cfg.resume)
+    elif not primary:
+        run_dir = Path(cfg.out_dir)
     else:
         run_dir = prepare_run_dir(cfg)
         saved = dataclasses.replace(cfg, out_dir=str(run_dir), overwrite=False)
@@ -472,11 +480,12 @@ def run(cfg: Config) -> dict:
         old_rows = (run_dir / "metrics.jsonl").read_text().splitlines() if (
             run_dir / "metrics.jsonl").exists() else []
         rows = [r for r in map(json.loads, old_rows) if r["epoch"] <= start_epoch]
-    metrics_file = open(run_dir / "metrics.jsonl", "w")
+    metrics_file = open(run_dir / "metrics.jsonl" if primary else os.devnull, "w")
     for r in rows:
         metrics_file.write(json.dumps(r) + "\n")
     stop = _StopRequest()
-    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"FF {cfg.dataset}", unit="epoch")
+    bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"FF {cfg.dataset}", unit="epoch",
+               disable=not primary)
 
     def on_epoch(report: trainer.EpochReport, state):
         e = report.epoch + 1
@@ -577,6 +586,8 @@ def run(cfg: Config) -> dict:
         results["validation_accuracy"] = rows[-1]["eval_accuracy"]
         if "eval_accuracy_softmax" in rows[-1]:
             results["validation_accuracy_softmax"] = rows[-1]["eval_accuracy_softmax"]
+    if not primary:
+        return results
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
 
     plots.plot_layer_losses(rows, run_dir / "loss.png")

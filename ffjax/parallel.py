@@ -64,9 +64,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def _put(a, sharding):
-    a = np.asarray(a) if not isinstance(a, jax.Array) else a
-    if isinstance(a, jax.Array) and a.is_fully_addressable:
+    """`a` laid out with `sharding`. Across processes, every process passes the same
+    full value and contributes the shards on its own devices."""
+    if sharding.is_fully_addressable:
         return jax.device_put(a, sharding)
+    if jax.dtypes.issubdtype(getattr(a, "dtype", np.float32), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put(jax.random.key_data(a), sharding),
+                                        impl=jax.random.key_impl(a))
     host = np.asarray(a)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
@@ -96,5 +100,7 @@ def initialize_distributed(coordinator: str, num_processes: int, process_id: int
     """
     if not 0 <= int(process_id) < int(num_processes):
         raise ValueError(f"process_id={process_id} must be in [0, {num_processes}).")
+    # CPU devices of different processes talk through gloo (GPU/TPU use their own links).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator,
                                num_processes=int(num_processes), process_id=int(process_id))
