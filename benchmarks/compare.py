@@ -280,11 +280,11 @@ def markdown(record: dict) -> str:
     targets = record["settings"]["targets"]
     head = ("| model | test error | " + " | ".join(f"time to {100 * t:g} %" for t in targets)
             + " | s / epoch | compile s | inference on test set | step GFLOP | % of matmul"
-              " peak |")
+              " peak | epoch program MB |")
     lines = [f"Device: {record['device']}, JAX {record['jax_version']}, {record['date']}. "
              f"Command: `{record['command']}`. Matmul peak measured: "
              f"{record['matmul_peak_flops'] / 1e12:.2f} TFLOP/s.", "", head,
-             "|" + " --- |" * (7 + len(targets))]
+             "|" + " --- |" * (8 + len(targets))]
     for r in record["models"]:
         err = f"{100 * (1 - r['final_test_accuracy']):.2f} %"
         if "final_test_accuracy_softmax" in r:
@@ -295,7 +295,8 @@ def markdown(record: dict) -> str:
         lines.append(f"| {r['model']} | {err} | " + " | ".join(ttt) +
                      f" | {r['epoch_seconds_median']:.3f} | {r['compile_seconds']:.1f} | {inf} |"
                      f" {_fmt(r['step_flops'], 1e-9, 2)} |"
-                     f" {_fmt(r['fraction_of_matmul_peak'], 100, 1)} |")
+                     f" {_fmt(r['fraction_of_matmul_peak'], 100, 1)} |"
+                     f" {_fmt(r['memory'].get('compiled_bytes'), 1e-6, 0)} |")
     for axis, points in record["scaling"].items():
         lines += ["", f"Seconds per epoch vs {axis}:", "",
                   "| model | hidden | batch | s / epoch | epoch TFLOP | % of matmul peak |",
