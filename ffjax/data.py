@@ -116,6 +116,11 @@ def read_idx_split(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
 def _from_files(files: dict, name: str) -> Dataset:
     x_train, y_train = read_idx_split(files["train_images"], files["train_labels"])
     x_test, y_test = read_idx_split(files["test_images"], files["test_labels"])
+    if x_train.shape[1] != x_test.shape[1]:
+        raise DataError(
+            f"{files['train_images']} holds images of {x_train.shape[1]} pixels but "
+            f"{files['test_images']} images of {x_test.shape[1]}; the files do not belong "
+            "to one dataset.")
     _, _, class_names = DATASETS[name]
     num_classes = len(class_names)
     for split, y in (("train", y_train), ("test", y_test)):
@@ -136,21 +141,27 @@ def _check_name(name: str) -> str:
 
 def load_local(name: str, data_dir) -> Dataset:
     """Loads a dataset from `data_dir/<folder>/` (folder `mnist` or `fashion-mnist`)
-    holding the four standard IDX .gz files; `data_dir` may also be that folder itself."""
+    holding the four standard IDX .gz files (or the same files gunzipped); `data_dir` may
+    also be that folder itself."""
     name = _check_name(name)
     folder, _, _ = DATASETS[name]
     root = Path(data_dir).expanduser()
     if not root.is_dir():
+        what = "is a file, not a directory" if root.exists() else "does not exist"
         raise DataError(
-            f"data directory {root} does not exist. Point --data-dir (or {DATA_DIR_ENV}) "
+            f"data directory {root} {what}. Point --data-dir (or {DATA_DIR_ENV}) "
             f"at a folder holding {folder}/ with the four IDX files, or leave both unset "
             "to fetch the data with tensorflow-datasets."
         )
-    candidates = [root / folder, root]
-    for d in candidates:
-        if all((d / f).exists() for f in IDX_FILES.values()):
-            return _from_files({k: d / f for k, f in IDX_FILES.items()}, name)
-    missing = [f for f in IDX_FILES.values() if not (root / folder / f).exists()]
+
+    def find(d: Path, gz_name: str):  # the .gz file, or the same file gunzipped
+        return next((d / n for n in (gz_name, gz_name[:-3]) if (d / n).is_file()), None)
+
+    for d in (root / folder, root):
+        found = {k: find(d, f) for k, f in IDX_FILES.items()}
+        if all(found.values()):
+            return _from_files(found, name)
+    missing = [f for f in IDX_FILES.values() if find(root / folder, f) is None]
     raise DataError(
         f"{name}: looked in {root / folder} and found no {', '.join(missing)}. The data "
         f"directory must hold {folder}/ with the files {', '.join(IDX_FILES.values())}."

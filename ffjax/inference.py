@@ -63,6 +63,12 @@ class Predictions(NamedTuple):
     readout: jax.Array | None = None
 
 
+def _check_x(params, x_NxD) -> None:
+    if len(x_NxD.shape) != 2 or x_NxD.shape[1] != params[0].w.shape[0]:
+        raise ValueError(f"x must have shape (N, {params[0].w.shape[0]}) for this network; "
+                         f"got {tuple(x_NxD.shape)}.")
+
+
 def _chunked(fn, x_NxD: jax.Array, chunk_size: int):
     """Applies fn to x in chunks of chunk_size rows inside one computation (lax.map; the
     last chunk zero-padded), concatenating the per-example outputs."""
@@ -99,6 +105,7 @@ def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STR
 
     @jax.jit
     def predict(params, x_NxD, readout_params=None):
+        _check_x(params, x_NxD)
         chosen = jnp.array(resolve_score_layers(score_layers, len(params)))
 
         def one(xc):
@@ -126,6 +133,8 @@ def make_predict_readout(*, num_classes: int,
 
     @jax.jit
     def predict(params, readout_params, x_NxD):
+        _check_x(params, x_NxD)
+
         def one(xc):
             return _readout_argmax(params, readout_params, xc, num_classes=num_classes,
                                    label_strength=label_strength, norm=norm,

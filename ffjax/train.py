@@ -198,6 +198,21 @@ def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, *,
     return state._replace(readout=new), ReadoutMetrics(ce, acc)
 
 
+def check_inputs(params: layers.Network, x_NxD, y_N=None) -> None:
+    """Raises ValueError when the arrays' shapes do not fit the network (at trace time,
+    before anything is compiled)."""
+    if len(jnp.shape(x_NxD)) != 2:
+        raise ValueError(f"x must be a 2-D (N, D) array; got shape {jnp.shape(x_NxD)}. "
+                         "Flatten images with x.reshape(len(x), -1).")
+    width = params[0].w.shape[0]
+    if x_NxD.shape[1] != width:
+        raise ValueError(f"x has {x_NxD.shape[1]} features per example but the network's "
+                         f"first layer takes {width}.")
+    if y_N is not None and jnp.shape(y_N) != (x_NxD.shape[0],):
+        raise ValueError(f"y must have shape ({x_NxD.shape[0]},), one label per row of x; "
+                         f"got {jnp.shape(y_N)}.")
+
+
 def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                      thetas: Sequence[float], norm: str = "rms",
                      label_strength: float = labels.DEFAULT_STRENGTH,
@@ -297,6 +312,11 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                 "the training state and the epoch function disagree about the softmax "
                 "readout: pass the same readout_optimizer to init_train_state and "
                 "make_train_epoch (or to neither).")
+        train_params = params_of(state)
+        check_inputs(train_params, x_NxD, y_N)
+        if len(default_thetas) != len(train_params):
+            raise ValueError(f"thetas has {len(default_thetas)} values but the network has "
+                             f"{len(train_params)} layers; give one threshold per layer.")
         n = x_NxD.shape[0]
         steps = n // batch_size
         if steps == 0:

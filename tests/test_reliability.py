@@ -299,3 +299,43 @@ def test_fit_rejects_bad_arguments_before_compiling(mnist):
     bad[3, 7] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         trainer.fit(key, bad, y, hidden=(8,), epochs=1, num_classes=10)
+
+
+def test_gunzipped_idx_files_are_accepted(data_dir, tmp_path):
+    root, folder = _copy_mnist(data_dir, tmp_path)
+    for gz in folder.glob("*.gz"):
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    from ffjax import data
+    ds = data.load("mnist", root)
+    assert ds.x_train.shape == (60000, 784) and ds.y_test.shape == (10000,)
+
+
+def test_data_dir_that_is_a_file_and_mismatched_image_sizes(data_dir, tmp_path):
+    from ffjax import data
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    with pytest.raises(data.DataError, match="is a file, not a directory"):
+        data.load("mnist", a_file)
+    root, folder = _copy_mnist(data_dir, tmp_path)
+    header = b"\x00\x00\x08\x03" + (10000).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2
+    _gz(folder / "t10k-images-idx3-ubyte.gz", header + bytes(10000 * 4))
+    with pytest.raises(data.DataError, match="images of 784 pixels but"):
+        data.load("mnist", root)
+
+
+def test_library_refuses_arrays_that_do_not_fit_the_network():
+    from ffjax import inference, train
+    opt = optax.sgd(0.1)
+    state = train.init_train_state(jax.random.key(0), (20, 8, 8), opt)
+    epoch = train.make_train_epoch(opt, batch_size=4, num_classes=4, thetas=(8.0, 8.0))
+    x, y = np.zeros((16, 20), np.uint8), np.zeros(16, np.int32)
+    with pytest.raises(ValueError, match="x has 10 features per example but the network"):
+        epoch(state, x[:, :10], y, jax.random.key(1))
+    with pytest.raises(ValueError, match=r"y must have shape \(16,\)"):
+        epoch(state, x, y[:5], jax.random.key(1))
+    short = train.make_train_epoch(opt, batch_size=4, num_classes=4, thetas=(8.0,))
+    with pytest.raises(ValueError, match="thetas has 1 values but the network has 2"):
+        short(state, x, y, jax.random.key(1))
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 20\)"):
+        inference.make_predict(num_classes=4)(train.params_of(state), x[:, :5])
