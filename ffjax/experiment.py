@@ -162,8 +162,8 @@ def _resumed_config(argv, run_dir: str, data_dir: str | None,
     given = sorted({a.split("=")[0] for a in argv if a.startswith("--")} - set(RESUME_FLAGS))
     if given:
         raise UsageError(f"--resume continues a run with the settings saved in its "
-                         f"config.json; drop {', '.join(given)} (only --data-dir may "
-                         "and --devices may change).")
+                         f"config.json; drop {', '.join(given)} (only --data-dir and "
+                         "--devices may change).")
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise UsageError(f"--resume {run_dir}: no run there ({path} does not exist). Give "
