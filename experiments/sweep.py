@@ -120,7 +120,7 @@ def run(cfg: experiment.Config, thetas, lrs) -> dict:
 
     predict = inference.make_predict(num_classes=ds.num_classes,
                                      label_strength=cfg.label_strength, norm=cfg.norm,
-                                     score_layers=cfg.score_layers,
+                                     score_layers=experiment.score_layers(cfg),
                                      readout_layers=cfg.readout_layers)
     x_val_dev = jax.device_put(x_val)
     last = result.history[-1].metrics.layers.loss  # (K, L)

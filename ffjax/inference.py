@@ -7,6 +7,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ffjax import labels, layers, objective, readout
 
@@ -56,11 +57,13 @@ def label_scores(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
 
 class Predictions(NamedTuple):
     """Predicted labels: combined (N,), by each layer alone (N, L), and by the softmax
-    readout (N,) when one was given (else None)."""
+    readout (N,) when one was given (else None); and the goodness of every layer for
+    every label (N, L, C), from which any other choice of score layers can be read."""
 
     combined: jax.Array
     per_layer: jax.Array
     readout: jax.Array | None = None
+    goodness: jax.Array | None = None
 
 
 def _check_x(params, x_NxD) -> None:
@@ -111,14 +114,15 @@ def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STR
         def one(xc):
             g = layer_goodness(params, xc, num_classes=num_classes,
                                label_strength=label_strength, norm=norm)  # (b, L, C)
-            out = (jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1), jnp.argmax(g, -1))
+            out = {"combined": jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1),
+                   "per_layer": jnp.argmax(g, -1), "goodness": g}
             if readout_params is not None:
-                out += (_readout_argmax(params, readout_params, xc, num_classes=num_classes,
-                                        label_strength=label_strength, norm=norm,
-                                        readout_layers=readout_layers),)
+                out["readout"] = _readout_argmax(
+                    params, readout_params, xc, num_classes=num_classes,
+                    label_strength=label_strength, norm=norm, readout_layers=readout_layers)
             return out
 
-        return Predictions(*_chunked(one, x_NxD, chunk_size))
+        return Predictions(**_chunked(one, x_NxD, chunk_size))
 
     return predict
 
@@ -158,6 +162,13 @@ def predict(params: layers.Network, x_NxD: jax.Array, *, num_classes: int,
 
 # Repeated calls with the same settings reuse one jitted function (one trace per shape).
 _cached_predict = functools.lru_cache(maxsize=32)(make_predict)
+
+
+def accuracy_of_layers(goodness_NxLxC, y_N, layer_selection) -> float:
+    """Accuracy of the goodness readout that sums the layers `layer_selection`, from the
+    per-layer goodness of Predictions.goodness (host arrays)."""
+    g = np.asarray(goodness_NxLxC)[:, list(layer_selection), :].sum(axis=1)
+    return accuracy(np.argmax(g, -1), y_N)
 
 
 def accuracy(pred_N: jax.Array, y_N: jax.Array) -> float:

@@ -40,6 +40,12 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
     assert abs(results["test_error"] + results["test_accuracy"] - 1.0) < 1e-9
     assert results["test_accuracy"] > 0.85
     assert results["command"].startswith("python -m experiments.mnist")
+    # The goodness readout of other summed layers comes from the same passes; the one the
+    # run used is its test accuracy.
+    by = results["test_accuracy_by_score_layers"]
+    assert set(by) == {"all", "all_but_first"}
+    used = "all" if results["score_layers"] == [0, 1] else "all_but_first"
+    assert by[used] == results["test_accuracy"]
     assert 0.85 < results["test_accuracy_softmax"] <= 1  # default: readout trained too
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
 
