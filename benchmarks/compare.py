@@ -81,7 +81,8 @@ def _build_ff(key, hidden, epochs, batch_size, num_classes, x_train, x_test, y_t
         label_strength=cfg.label_strength, negatives=cfg.negatives,
         peer_strength=cfg.peer_strength, readout_optimizer=ro)
     goodness = inference.make_predict(num_classes=num_classes, norm=cfg.norm,
-                                      label_strength=cfg.label_strength)
+                                      label_strength=cfg.label_strength,
+                                      score_layers=experiment.score_layers(cfg))
     one_pass = inference.make_predict_readout(num_classes=num_classes, norm=cfg.norm,
                                               label_strength=cfg.label_strength)
 
