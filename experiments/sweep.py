@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -171,17 +172,15 @@ def run(cfg: experiment.Config, thetas, lrs) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
+    def go():
         cfg, extra = experiment.parse_config_with(argv, DEFAULTS, __doc__.splitlines()[0],
                                                   EXTRA)
-        record = run(cfg, extra["thetas"], extra["lrs"])
-    except (experiment.UsageError, data.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
-    print((open(f"{record['run_dir']}/sweep.md").read()))
+        return run(cfg, extra["thetas"], extra["lrs"])
+
+    record, code = experiment.guarded(go)
+    if code:
+        return code
+    print((Path(record["run_dir"]) / "sweep.md").read_text())
     print(f"run directory: {record['run_dir']}")
     return 0
 

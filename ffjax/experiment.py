@@ -620,23 +620,30 @@ def run(cfg: Config) -> dict:
     return results
 
 
-def main(defaults: Config, description: str, argv=None) -> int:
-    """CLI entry: parse flags, run, print a summary; bad input -> one line, exit code 2."""
+def guarded(fn):
+    """(fn(), 0), or (None, exit code) after one line on stderr for bad input (2), a
+    stopped run (1: diverged; 130: Ctrl-C) or an interruption: never a traceback."""
     try:
-        cfg = parse_config(argv, defaults, description)
-        results = run(cfg)
+        return fn(), 0
     except TrainingStopped as e:
         print(f"error: {e}" if e.exit_code != 130 else str(e), file=sys.stderr)
-        return e.exit_code
+        return None, e.exit_code
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was saved.", file=sys.stderr)
-        return 130
+        return None, 130
     except (UsageError, data.DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return None, 2
     except OSError as e:  # unwritable run directory, full disk, ...
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+        return None, 2
+
+
+def main(defaults: Config, description: str, argv=None) -> int:
+    """CLI entry: parse flags, run, print a summary; bad input -> one line, exit code 2."""
+    results, code = guarded(lambda: run(parse_config(argv, defaults, description)))
+    if code:
+        return code
     softmax = (f", softmax readout {100 * results['test_accuracy_softmax']:.2f}%"
                if "test_accuracy_softmax" in results else "")
     if "seeds" in results:
