@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import zlib
 from pathlib import Path
@@ -25,6 +26,13 @@ DATASETS = {
     "fashion_mnist": ("fashion-mnist", "fashion_mnist", (
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+}
+
+# SHA-256 of the official training labels (60000 uint8 values, in order): tells the two
+# datasets apart whatever the files are called or however they were compressed.
+_TRAIN_LABELS_SHA256 = {
+    "mnist": "1feba77c54802fa5339a11837ea4b2866434b83314ec45192930f1df69120c13",
+    "fashion_mnist": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
 }
 
 _IMAGES_MAGIC = 0x00000803
@@ -123,6 +131,14 @@ def _from_files(files: dict, name: str) -> Dataset:
             "to one dataset.")
     _, _, class_names = DATASETS[name]
     num_classes = len(class_names)
+    digest = hashlib.sha256(y_train.astype(np.uint8).tobytes()).hexdigest()
+    for other, known in _TRAIN_LABELS_SHA256.items():
+        if other != name and digest == known:
+            folder = DATASETS[other][0]
+            raise DataError(
+                f"{files['train_labels']} holds {other}'s training labels, not {name}'s: "
+                f"this folder is {other}. Point --data-dir at the folder that holds "
+                f"{DATASETS[name][0]}/ (and {folder}/).")
     for split, y in (("train", y_train), ("test", y_test)):
         if y.size and int(y.max()) >= num_classes:
             raise DataError(

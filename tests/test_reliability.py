@@ -339,3 +339,13 @@ def test_library_refuses_arrays_that_do_not_fit_the_network():
         short(state, x, y, jax.random.key(1))
     with pytest.raises(ValueError, match=r"x must have shape \(N, 20\)"):
         inference.make_predict(num_classes=4)(train.params_of(state), x[:, :5])
+
+
+def test_the_other_datasets_folder_is_recognized(data_dir, tmp_path):
+    code, err = _main_in_process(["--data-dir", str(data_dir / "fashion-mnist"), "--hidden",
+                                  "8", "--epochs", "1", "--out-dir", str(tmp_path / "r")])
+    assert code == 2 and "holds fashion_mnist's training labels, not mnist's" in err
+    assert _one_line(err)
+    from ffjax import data
+    with pytest.raises(data.DataError, match="holds mnist's training labels"):
+        data.load("fashion_mnist", data_dir / "mnist")
