@@ -335,6 +335,8 @@ def parse_args(argv):
     parser.add_argument("--matmul-n", type=int, help="matmul size for the peak FLOP/s")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default="benchmarks/results")
+    parser.add_argument("--name", default=None,
+                        help="file name stem (default: <device>-<date>[-quick])")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing record of the same device and date")
     args = parser.parse_args(argv)
@@ -356,7 +358,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     date = datetime.date.today().isoformat()
-    stem = f"{experiment.device_slug()}-{date}" + ("-quick" if args.quick else "")
+    stem = args.name or f"{experiment.device_slug()}-{date}" + ("-quick" if args.quick else "")
     out_dir = Path(args.out_dir)
     out = out_dir / f"{stem}.json"
     if out.exists() and not args.overwrite:

@@ -71,7 +71,10 @@ class Config:
         None, "0-based layers the softmax readout reads (default: all but the first)")
     score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
         None, "0-based layers whose goodness is summed at test time (default: all of "
-              "them; the reference code skips the first, as --preset hinton does)")
+              "them, or all but the first with --no-score-first-layer)")
+    score_first_layer: bool = _field(
+        True, "with the default --score-layers, sum the first layer's goodness too (the "
+              "reference code, and --preset hinton, leave it out)")
     validation_size: int = _field(
         0, "hold out the last N training examples for validation; per-epoch evaluation "
            "then uses them instead of the test set (choose hyperparameters on this)")
@@ -112,7 +115,8 @@ PRESETS = {
                    optimizer="smoothed_sgd", lr=0.01, lr_scaling="none", lr_decay=True,
                    weight_decay=0.001, theta=None, norm="rms", negatives="hard",
                    peer_strength=0.03, readout=True, readout_lr=0.1,
-                   readout_weight_decay=0.003, readout_layers=None, score_layers=(1, 2)),
+                   readout_weight_decay=0.003, readout_layers=None, score_layers=None,
+                   score_first_layer=False),
 }
 
 
@@ -328,12 +332,15 @@ def _layer_row(metrics: objective.LayerMetrics) -> dict:
 
 
 def score_layers(cfg: Config) -> tuple:
-    """The layers the goodness readout sums: --score-layers, else all of them. Summing
+    """The layers the goodness readout sums: --score-layers, else all of them (all but
+    the first with --no-score-first-layer, the reference code's choice). Summing
     all layers beat skipping the first (the reference code's choice) on the validation
     split in every setting measured (README, "Defaults, and why")."""
     if cfg.score_layers is not None:
         return tuple(sorted(set(cfg.score_layers)))
-    return tuple(range(len(cfg.hidden)))
+    if cfg.score_first_layer or len(cfg.hidden) == 1:
+        return tuple(range(len(cfg.hidden)))
+    return tuple(range(1, len(cfg.hidden)))
 
 
 def make_optimizers(cfg: Config, num_inputs: int, steps_per_epoch: int):

@@ -28,9 +28,9 @@ def test_mlp_baseline_has_the_ff_architecture():
 def test_quick_compare_writes_record_table_and_plots(tmp_path, data_dir):
     argv = ["--quick", "--data-dir", str(data_dir), "--out-dir", str(tmp_path),
             "--epochs", "1", "--n-train", "1000", "--n-test", "500",
-            "--widths", "16", "--depths", "1", "--batches", "500"]
+            "--widths", "16", "--depths", "1", "--batches", "500", "--name", "q"]
     assert compare.main(argv) == 0
-    (record_path,) = tmp_path.glob("*-quick.json")
+    record_path = tmp_path / "q.json"
     record = json.loads(record_path.read_text())
     assert {"device", "jax_version", "date", "command", "matmul_peak_flops"} <= set(record)
     assert record["num_train"] == 1000 and record["num_test"] == 500

@@ -150,12 +150,17 @@ def test_hinton_preset_is_the_reference_recipe():
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("smoothed_sgd", 0.01, 0.001)
     assert (cfg.readout_lr, cfg.readout_weight_decay) == (0.1, 0.003)
     assert cfg.lr_decay and cfg.lr_scaling == "none"
-    assert cfg.score_layers is None and cfg.readout_layers is None  # skip layer 1
+    assert cfg.readout_layers is None  # the readout skips layer 1, and so does scoring:
+    assert experiment.score_layers(cfg) == (1, 2)
     assert train.PEER_INIT == 0.5
     # explicit flags still win over the preset
     cfg = experiment.parse_config(["--preset", "hinton", "--hidden", "50"],
                                   experiment.Config())
     assert cfg.hidden == (50,) and cfg.lr == 0.01
+    cfg = experiment.parse_config(["--preset", "hinton", "--hidden", "8", "8", "8", "8"],
+                                  experiment.Config())
+    assert experiment.score_layers(cfg) == (1, 2, 3)
+    assert experiment.score_layers(experiment.Config(hidden=(8, 8))) == (0, 1)
 
 
 def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
