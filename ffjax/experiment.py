@@ -259,6 +259,10 @@ def check_config(cfg: Config) -> None:
         bad(f"--norm {cfg.norm}: choose one of {', '.join(layers.NORMS)}.")
     if cfg.theta is not None and not cfg.theta > 0:
         bad(f"--theta {cfg.theta}: must be positive.")
+    if cfg.norm == "l2" and cfg.theta is None:
+        bad("--norm l2 gives every activity vector unit length, so the default threshold "
+            "(each layer's width, made for --norm rms) is out of reach and nothing is "
+            "learned (measured: chance accuracy). Give --theta (and retune --lr) with l2.")
     if cfg.validation_size < 0:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
     if cfg.seeds < 1:

@@ -244,6 +244,7 @@ def test_malformed_data_files_are_refused_in_one_line(breaker, data_dir, tmp_pat
     (["--validation-size", "60000"], "--validation-size 60000 leaves no training data"),
     (["--readout-layers", "7"], "readout-layers"),
     (["--checkpoint-every", "-1"], "--checkpoint-every -1: must be >= 0"),
+    (["--norm", "l2"], "--norm l2 gives every activity vector unit length"),
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--out-dir", "{file}"], "exists and is not a directory"),
     (["--resume", "{missing}"], "no run there"),
