@@ -64,12 +64,13 @@ def markdown(summary: list, header: str) -> str:
              "| --- | --- | --- | --- |" + (" --- |" if soft else "")]
     for r in summary:
         theta = "width" if r["theta"] is None else f"{r['theta']:g}"
-        line = (f"| {theta} | {r['lr']:g} | {r['seeds']} | "
-                f"{100 * r['validation_accuracy_mean']:.2f} ± "
-                f"{100 * r['validation_accuracy_std']:.2f} % |")
+        def cell(name):  # mean, and the spread over seeds when there are several
+            mean, std = (100 * r[f"validation_accuracy{name}_{k}"] for k in ("mean", "std"))
+            return f" {mean:.2f} ± {std:.2f} % |" if r["seeds"] > 1 else f" {mean:.2f} % |"
+
+        line = f"| {theta} | {r['lr']:g} | {r['seeds']} |" + cell("")
         if soft:
-            line += (f" {100 * r['validation_accuracy_softmax_mean']:.2f} ± "
-                     f"{100 * r['validation_accuracy_softmax_std']:.2f} % |")
+            line += cell("_softmax")
         lines.append(line)
     return "\n".join(lines) + "\n"
 
