@@ -89,14 +89,7 @@ def run(cfg: experiment.Config, thetas, lrs) -> dict:
     except ValueError as e:
         raise experiment.UsageError(str(e)) from None
     ds = data.load(cfg.dataset, cfg.data_dir)
-    if cfg.validation_size >= len(ds.y_train):
-        raise experiment.UsageError(f"--validation-size {cfg.validation_size} leaves no "
-                                    "training data.")
-    x_fit, y_fit, x_val, y_val = data.split_validation(ds.x_train, ds.y_train,
-                                                       cfg.validation_size)
-    if cfg.batch_size > len(y_fit):
-        raise experiment.UsageError(f"--batch-size {cfg.batch_size} is larger than the "
-                                    f"training set ({len(y_fit)} examples).")
+    x_fit, y_fit, x_val, y_val = experiment.training_split(cfg, ds)
     run_dir = experiment.prepare_run_dir(cfg)
     (run_dir / "config.json").write_text(json.dumps(
         {**dataclasses.asdict(cfg), "thetas": thetas, "lrs": lrs}, indent=2))

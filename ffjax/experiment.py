@@ -335,6 +335,22 @@ def _layer_row(metrics: objective.LayerMetrics) -> dict:
             for k in objective.LayerMetrics._fields}
 
 
+def training_split(cfg: Config, ds: data.Dataset):
+    """(x_fit, y_fit, x_val, y_val): the training set less the last --validation-size
+    examples, and those (None, None without a validation split); checked against
+    --batch-size."""
+    x_fit, y_fit, x_val, y_val = ds.x_train, ds.y_train, None, None
+    if cfg.validation_size:
+        if cfg.validation_size >= len(y_fit):
+            raise UsageError(f"--validation-size {cfg.validation_size} leaves no training "
+                             f"data ({len(y_fit)} examples).")
+        x_fit, y_fit, x_val, y_val = data.split_validation(x_fit, y_fit, cfg.validation_size)
+    if cfg.batch_size > len(y_fit):
+        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set "
+                         f"({len(y_fit)} examples).")
+    return x_fit, y_fit, x_val, y_val
+
+
 def score_layers(cfg: Config) -> tuple:
     """The layers the goodness readout sums: --score-layers, else all of them (all but
     the first with --no-score-first-layer, the reference code's choice). Summing
@@ -422,15 +438,7 @@ def run(cfg: Config) -> dict:
     mesh = parallel.data_mesh(devices) if len(devices) > 1 else None
     put = jax.device_put if mesh is None else (lambda a: parallel.replicate(a, mesh))
     ds = data.load(cfg.dataset, cfg.data_dir)
-    x_fit, y_fit = ds.x_train, ds.y_train
-    if cfg.validation_size:
-        if cfg.validation_size >= len(y_fit):
-            raise UsageError(f"--validation-size {cfg.validation_size} leaves no training "
-                             f"data ({len(y_fit)} examples).")
-        x_fit, y_fit, x_val, y_val = data.split_validation(x_fit, y_fit, cfg.validation_size)
-    if cfg.batch_size > len(y_fit):
-        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training set "
-                         f"({len(y_fit)} examples).")
+    x_fit, y_fit, x_val, y_val = training_split(cfg, ds)
     # With several processes, process 0 writes the run directory's files; all of them
     # take part in saving checkpoints (orbax coordinates them).
     primary = jax.process_index() == 0

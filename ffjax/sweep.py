@@ -125,12 +125,8 @@ def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, *, hidden: Sequence[int],
     compile_seconds = time.perf_counter() - t0
     history, train_seconds = [], 0.0
     for e in range(int(epochs)):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, x, y, fold(data_keys, e), thetas)
-        metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        report = trainer.EpochReport(e, metrics, seconds)
+        state, report = trainer.run_epoch(compiled, e, state, x, y, fold(data_keys, e), thetas)
+        train_seconds += report.seconds
         history.append(report)
         if on_epoch is not None:
             on_epoch(report)

@@ -71,6 +71,15 @@ def check_finite(report: EpochReport) -> None:
                                 float(ro[seed]))
 
 
+def run_epoch(epoch_fn: Callable, e: int, *args) -> tuple:
+    """(state, EpochReport): epoch `e` as `epoch_fn(*args)`, its metrics fetched to the
+    host (the one device sync of an epoch) and its wall time."""
+    t0 = time.perf_counter()
+    state, metrics = epoch_fn(*args)
+    metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
+    return state, EpochReport(e, metrics, time.perf_counter() - t0)
+
+
 def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         num_classes: int, batch_size: int = 100, optimizer=None, lr: float = 0.0015,
         theta=None, norm: str = "rms", label_strength: float = labels.DEFAULT_STRENGTH,
@@ -206,12 +215,8 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
 
     history, train_seconds, done = [], 0.0, int(start_epoch)
     for e in range(int(start_epoch), len(epoch_fns)):
-        t0 = time.perf_counter()
-        state, metrics = epoch_fns[e](state, x, y, epoch_key(data_key, e))
-        metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
-        report = EpochReport(e, metrics, seconds)
+        state, report = run_epoch(epoch_fns[e], e, state, x, y, epoch_key(data_key, e))
+        train_seconds += report.seconds
         check_finite(report)
         history.append(report)
         done = e + 1
