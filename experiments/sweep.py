@@ -109,7 +109,10 @@ def run(cfg: experiment.Config, thetas, lrs) -> dict:
             lr_scaling=cfg.lr_scaling, lr_decay=cfg.lr_decay, weight_decay=cfg.weight_decay,
             readout_optimizer=readout_optimizer, readout_layers=cfg.readout_layers,
             norm=cfg.norm, label_strength=cfg.label_strength, negatives=cfg.negatives,
-            peer_strength=cfg.peer_strength, devices=devices, on_epoch=on_epoch)
+            peer_strength=cfg.peer_strength, objective_fn=experiment.objective_of(cfg),
+            loss_scale=cfg.loss_scale,
+            optimizer_settings=experiment.optimizer_settings(cfg, len(y_fit) // cfg.batch_size),
+            devices=devices, on_epoch=on_epoch)
     finally:
         bar.close()
 

@@ -48,10 +48,24 @@ class Config:
     optimizer: str = _field("smoothed_sgd", "optimizer of every layer and of the readout: "
                                             f"{', '.join(optim.OPTIMIZERS)}")
     lr_decay: bool = _field(True, "constant lr for half the run, then linear decay to 0")
+    lr_gain_per_epoch: bool = _field(
+        False, "with --lr-decay, set the decayed lr once per epoch (the reference code) "
+               "rather than every minibatch")
     weight_decay: float = _field(0.001, "weight decay of the FF layers")
+    decoupled_weight_decay: bool = _field(
+        False, "apply the weight decay after the gradient smoothing and to weights only, "
+               "not biases (the reference code); default: added to the gradient")
     theta: typing.Optional[float] = _field(
         None, "goodness threshold on the sum of squares (default: each layer's width)")
-    norm: str = _field("rms", "length normalization before each layer: rms or l2")
+    norm: str = _field("rms", "length normalization before each layer: rms, rms_ref (the "
+                              "reference code's epsilon, outside the root) or l2")
+    objective: str = _field("logistic", "per-layer objective: "
+                                        f"{', '.join(objective.OBJECTIVES)}")
+    temperature: float = _field(1.0, "temperature of the logistic and collaborative "
+                                     "objectives: p = sigmoid((G - theta) / T)")
+    symba_alpha: float = _field(4.0, "alpha of the symba objective")
+    loss_scale: float = _field(1.0, "multiplies every layer's FF loss (0.5: the "
+                                    "reference code's step, half the logistic gradient)")
     label_strength: float = _field(
         labels.DEFAULT_STRENGTH, "value of the one-hot label written into the first C "
                                  "input features")
@@ -67,6 +81,8 @@ class Config:
     readout_lr: float = _field(0.1, "learning rate of the softmax readout (same optimizer "
                                       "as the layers)")
     readout_weight_decay: float = _field(0.003, "weight decay of the softmax readout")
+    readout_bias: bool = _field(True, "train the softmax readout's bias (the reference "
+                                      "code keeps it at 0)")
     readout_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
         None, "0-based layers the softmax readout reads (default: all but the first)")
     score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
@@ -105,18 +121,22 @@ class Config:
               "hinton = the reference recipe of the author's code")
 
 
-# Named settings. "hinton" is the reference recipe as read from the author's MATLAB code
-# (see FF_RECIPE.md): 784-1000-1000-1000, RMS normalization, theta = width, peer
-# normalization 0.03, hard negatives from the softmax readout, smoothed SGD (lr 0.01,
-# smoothing 0.9, weight decay 0.001; readout lr 0.1, weight decay 0.003), lr constant for
-# half the run then linear decay to 0, batch 100, both readouts skip the first layer.
+# Named settings. "hinton" is the reference recipe of the author's MATLAB code (docs/
+# recipe.md): 784-1000-1000-1000, RMS normalization with the epsilon outside the root,
+# label strength 1, theta = width, the logistic at half its gradient, peer normalization
+# 0.03, hard negatives from the softmax readout, smoothed SGD (lr 0.01, smoothing 0.9,
+# weight decay 0.001 after the smoothing and on weights only; readout lr 0.1, weight
+# decay 0.003, zero-initialized, bias never updated), a gain set once per epoch (1 for
+# half the run, then falling linearly), batch 100, both readouts skip the first layer.
 PRESETS = {
     "hinton": dict(hidden=(1000, 1000, 1000), epochs=100, batch_size=100,
                    optimizer="smoothed_sgd", lr=0.01, lr_scaling="none", lr_decay=True,
-                   weight_decay=0.001, theta=None, norm="rms", negatives="hard",
-                   peer_strength=0.03, readout=True, readout_lr=0.1,
-                   readout_weight_decay=0.003, readout_layers=None, score_layers=None,
-                   score_first_layer=False),
+                   lr_gain_per_epoch=True, weight_decay=0.001, decoupled_weight_decay=True,
+                   theta=None, norm="rms_ref", label_strength=1.0, objective="logistic",
+                   temperature=1.0, loss_scale=0.5, negatives="hard", peer_strength=0.03,
+                   readout=True, readout_lr=0.1, readout_weight_decay=0.003,
+                   readout_bias=False, readout_layers=None, score_layers=None,
+                   score_first_layer=False, schedule="simultaneous"),
 }
 
 
@@ -278,6 +298,12 @@ def check_config(cfg: Config) -> None:
         bad(f"--negatives {cfg.negatives}: choose one of {', '.join(train.NEGATIVES)}.")
     if not cfg.peer_strength >= 0:
         bad(f"--peer-strength {cfg.peer_strength}: must be >= 0.")
+    if cfg.objective not in objective.OBJECTIVES:
+        bad(f"--objective {cfg.objective}: choose one of {', '.join(objective.OBJECTIVES)}.")
+    for flag, v in (("--temperature", cfg.temperature), ("--symba-alpha", cfg.symba_alpha),
+                    ("--loss-scale", cfg.loss_scale)):
+        if not v > 0:
+            bad(f"{flag} {v}: must be positive.")
     if cfg.preset is not None and cfg.preset not in PRESETS:
         bad(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}.")
     if cfg.weight_decay < 0 or cfg.readout_weight_decay < 0:
@@ -372,12 +398,26 @@ def make_optimizers(cfg: Config, num_inputs: int, steps_per_epoch: int):
     optimizer = optim.make_layer_optimizers(
         cfg.optimizer, lr=cfg.lr, sizes=(int(num_inputs),) + tuple(cfg.hidden),
         scaling=cfg.lr_scaling, total_steps=layer_steps, decay=cfg.lr_decay,
-        weight_decay=cfg.weight_decay)
+        weight_decay=cfg.weight_decay, **optimizer_settings(cfg, steps_per_epoch))
     if not (cfg.readout or cfg.negatives == "hard"):
         return optimizer, None
     return optimizer, optim.make_optimizer(
         cfg.optimizer, lr=cfg.readout_lr, total_steps=cfg.epochs * steps_per_epoch,
-        decay=cfg.lr_decay, weight_decay=cfg.readout_weight_decay)
+        decay=cfg.lr_decay, weight_decay=cfg.readout_weight_decay,
+        train_biases=cfg.readout_bias, **optimizer_settings(cfg, steps_per_epoch))
+
+
+def optimizer_settings(cfg: Config, steps_per_epoch: int) -> dict:
+    """The optim.make_optimizer keywords that the layers and the readout share."""
+    return dict(decoupled_decay=cfg.decoupled_weight_decay,
+                steps_per_epoch=steps_per_epoch if cfg.lr_gain_per_epoch else None)
+
+
+def objective_of(cfg: Config):
+    """The per-layer objective function that `cfg` names, with its settings."""
+    if cfg.objective == "symba":
+        return objective.make_objective("symba", alpha=cfg.symba_alpha)
+    return objective.make_objective(cfg.objective, temperature=cfg.temperature)
 
 
 class TrainingStopped(RuntimeError):
@@ -568,7 +608,8 @@ def run(cfg: Config) -> dict:
                 epochs=cfg.epochs, num_classes=ds.num_classes, batch_size=cfg.batch_size,
                 optimizer=optimizer, theta=cfg.theta, norm=cfg.norm,
                 label_strength=cfg.label_strength, negatives=cfg.negatives,
-                peer_strength=cfg.peer_strength, readout_optimizer=readout_optimizer,
+                peer_strength=cfg.peer_strength, objective_fn=objective_of(cfg),
+                loss_scale=cfg.loss_scale, readout_optimizer=readout_optimizer,
                 readout_layers=cfg.readout_layers,
                 num_seeds=cfg.seeds if cfg.seeds > 1 else None, schedule=cfg.schedule,
                 on_epoch=on_epoch, resume_from=restore if start_epoch else None,

@@ -7,8 +7,10 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-NORMS = ("rms", "l2")
+NORMS = ("rms", "rms_ref", "l2")
 _EPS = 1e-8
+# The reference code's guard, added to the root rather than under it (see normalize).
+_REF_TINY = 1.9287498479639178e-22  # e^-50
 
 
 class DenseParams(NamedTuple):
@@ -31,13 +33,19 @@ def normalize(x_BxD: jax.Array, *, norm: str = "rms") -> jax.Array:
 
     Args:
       x_BxD: (..., D) float array.
-      norm: "rms" scales each row to mean square 1 (the reference recipe: a row of
-        width D then has sum of squares D); "l2" scales each row to unit Euclidean norm.
+      norm: "rms" scales each row to mean square 1 (a row of width D then has sum of
+        squares D), as x * rsqrt(mean(x^2) + 1e-8); "rms_ref" is the reference code's
+        exact form x / (e^-50 + sqrt(mean(x^2))), which differs only for nearly silent
+        rows: it still scales them up to mean square 1, where "rms" leaves rows with
+        mean square far below 1e-8 nearly silent; "l2" scales each row to unit
+        Euclidean norm.
 
     Returns:
       An array of the same shape; all-zero rows stay zero.
     """
     sq = jnp.square(x_BxD)
+    if norm == "rms_ref":
+        return x_BxD / (_REF_TINY + jnp.sqrt(jnp.mean(sq, axis=-1, keepdims=True)))
     if norm == "rms":
         scale = jnp.mean(sq, axis=-1, keepdims=True)
     elif norm == "l2":

@@ -1,8 +1,21 @@
-"""The per-layer Forward-Forward objective: goodness, the logistic loss on it, its metrics."""
+"""The per-layer Forward-Forward objective: goodness, the losses on it, their metrics.
+
+An objective is a pure function of every layer's goodness on one minibatch,
+
+    objective(g_pos_LxB, g_neg_LxM, thetas_L) -> (L,) losses, one per layer,
+
+where row l holds layer l's goodness of the B positives and the M negatives (M = B, or
+a multiple of B with several negatives per positive, grouped by positive). Layer l is
+trained on entry l alone. The goodness values of different layers depend on different
+parameters only (each layer's input is under stop_gradient), so an objective in which
+entry l reads other layers' goodness must put those under jax.lax.stop_gradient to keep
+every layer's gradient local; `collaborative` does.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +44,89 @@ def ff_loss(g_pos_B: jax.Array, g_neg_M: jax.Array, theta) -> jax.Array:
             + jnp.mean(jax.nn.softplus(g_neg_M - theta)))
 
 
-def layer_metrics(g_pos_B: jax.Array, g_neg_B: jax.Array, theta) -> LayerMetrics:
-    """Loss and the layer's own view of how well it separates positives from negatives."""
+def _per_positive(g_neg_M: jax.Array, batch: int) -> jax.Array:
+    """(B, M // B): the negatives of each positive (negatives are grouped by positive)."""
+    if g_neg_M.shape[-1] % batch:
+        raise ValueError(f"{g_neg_M.shape[-1]} negatives cannot be paired with {batch} "
+                         "positives; give a whole number of negatives per positive.")
+    return g_neg_M.reshape(g_neg_M.shape[:-1] + (batch, -1))
+
+
+def logistic(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
+             temperature: float = 1.0) -> jax.Array:
+    """The recipe's threshold logistic, per layer: mean softplus((theta - G_pos) / T) +
+    mean softplus((G_neg - theta) / T), i.e. -log p(positive) with p = sigmoid((G -
+    theta) / T). Returns (L,)."""
+    t = jnp.asarray(thetas_L, jnp.float32)[:, None]
+    return (jnp.mean(jax.nn.softplus((t - g_pos_LxB) / temperature), axis=-1)
+            + jnp.mean(jax.nn.softplus((g_neg_LxM - t) / temperature), axis=-1))
+
+
+def symba(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
+          alpha: float = 4.0) -> jax.Array:
+    """SymBa (Lee & Song 2023): mean softplus(-alpha (G_pos - G_neg) / theta) over every
+    pair of a positive and one of its negatives. There is no threshold to reach: theta
+    only sets the unit of the goodness gap (by default theta is the layer's width, so
+    G / theta is the mean square activity and alpha means the same at any width; give
+    thetas of 1 for the paper's plain form). Returns (L,)."""
+    t = jnp.asarray(thetas_L, jnp.float32)[:, None, None]
+    neg = _per_positive(g_neg_LxM, g_pos_LxB.shape[-1])  # (L, B, K)
+    gap = (g_pos_LxB[..., None] - neg) / t
+    return jnp.mean(jax.nn.softplus(-alpha * gap), axis=(-2, -1))
+
+
+def collaborative(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
+                  temperature: float = 1.0) -> jax.Array:
+    """Layer collaboration (Lorberbom et al. 2024): layer l's logistic reads the whole
+    network's margin, sum over k of (G_k - theta_k), with every other layer's term held
+    constant (stop_gradient), so layers specialise instead of repeating each other
+    while each one's gradient stays local. Returns (L,)."""
+    t = jnp.asarray(thetas_L, jnp.float32)[:, None]
+
+    def totals(g):
+        margin = g - t  # (L, N)
+        others = jax.lax.stop_gradient(jnp.sum(margin, axis=0) - margin)
+        return (margin + others) / temperature
+
+    return (jnp.mean(jax.nn.softplus(-totals(g_pos_LxB)), axis=-1)
+            + jnp.mean(jax.nn.softplus(totals(g_neg_LxM)), axis=-1))
+
+
+Objective = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+OBJECTIVES = ("logistic", "symba", "collaborative")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """An objective function with its keyword settings bound; equal (and hashing the
+    same) when the function and the settings are, unlike functools.partial."""
+
+    fn: Callable
+    settings: tuple = ()  # ((name, value), ...)
+
+    def __call__(self, g_pos_LxB, g_neg_LxM, thetas_L):
+        return self.fn(g_pos_LxB, g_neg_LxM, thetas_L, **dict(self.settings))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings)
+        return f"{self.fn.__name__}({args})"
+
+
+def make_objective(name: str = "logistic", **settings) -> Objective:
+    """The built-in objective `name` with its settings bound, e.g.
+    make_objective("symba", alpha=4.0)."""
+    fns = {"logistic": logistic, "symba": symba, "collaborative": collaborative}
+    if name not in fns:
+        raise ValueError(f"objective {name!r} is not known; choose one of {OBJECTIVES} "
+                         "or pass your own function (see docs/objectives.md).")
+    return Bound(fns[name], tuple(sorted(settings.items())))
+
+
+def layer_metrics(g_pos_B: jax.Array, g_neg_B: jax.Array, theta, loss=None) -> LayerMetrics:
+    """Loss (the threshold logistic unless `loss` is given) and the layer's own view of
+    how well it separates positives from negatives."""
     return LayerMetrics(
-        loss=ff_loss(g_pos_B, g_neg_B, theta),
+        loss=ff_loss(g_pos_B, g_neg_B, theta) if loss is None else loss,
         goodness_pos=jnp.mean(g_pos_B),
         goodness_neg=jnp.mean(g_neg_B),
         acc_pos=jnp.mean((g_pos_B > theta).astype(jnp.float32)),

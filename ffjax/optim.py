@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("adam", "sgd", "smoothed_sgd")
@@ -22,9 +24,38 @@ def lr_schedule(lr: float, total_steps: int | None, *, decay: bool = True):
     )
 
 
+def epoch_gain_schedule(lr: float, *, epochs: int, steps_per_epoch: int):
+    """The reference code's schedule, set once per epoch e = 1..E: lr while e <= E/2,
+    then lr * (1 + 2 (E - e)) / E (a staircase falling linearly towards 0; never below
+    0 if training runs past E)."""
+    epochs, steps_per_epoch = int(epochs), int(steps_per_epoch)
+    if epochs <= 0 or steps_per_epoch <= 0:
+        raise ValueError(f"epochs={epochs} and steps_per_epoch={steps_per_epoch} must be "
+                         "positive.")
+
+    def schedule(count):
+        e = (count // steps_per_epoch + 1).astype(jnp.float32)
+        gain = jnp.where(e <= epochs / 2, 1.0, (1.0 + 2.0 * (epochs - e)) / epochs)
+        return lr * jnp.maximum(gain, 0.0)
+
+    return schedule
+
+
+def matrices(params):
+    """Mask of the weight matrices (leaves with 2 or more axes), not the biases."""
+    return jax.tree.map(lambda a: jnp.ndim(a) >= 2, params)
+
+
+def vectors(params):
+    """Mask of the biases (leaves with fewer than 2 axes)."""
+    return jax.tree.map(lambda a: jnp.ndim(a) < 2, params)
+
+
 def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = None,
                    decay: bool = True, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+                   weight_decay: float = 0.0, decoupled_decay: bool = False,
+                   steps_per_epoch: int | None = None,
+                   train_biases: bool = True) -> optax.GradientTransformation:
     """An optax optimizer; each FF layer gets its own state of it.
 
     Args:
@@ -36,23 +67,40 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = N
       total_steps: minibatch steps of the whole run, for the decay schedule.
       decay: constant-then-linear-decay schedule (True) or constant lr.
       momentum: SGD momentum / smoothing factor.
-      weight_decay: weight decay (decoupled for Adam; added to the gradient for the SGDs,
-        as in the reference code).
+      weight_decay: weight decay. For the SGDs it is added to the gradient before the
+        smoothing (coupled) unless decoupled_decay; Adam's is always decoupled (AdamW).
+      decoupled_decay: apply the weight decay after the smoothing, to the weight
+        matrices only (the reference code: w <- w + lr gain (s - wc w), no decay on
+        biases): optax.add_decayed_weights with a mask, after optax.ema.
+      steps_per_epoch: with decay, set the gain once per epoch (epoch_gain_schedule,
+        the reference code) instead of decaying it every step; total_steps must then
+        be a whole number of epochs.
+      train_biases: False keeps biases (1-axis leaves) at their initial value (the
+        reference code's softmax readout never updates its bias).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is not known; choose one of {OPTIMIZERS}.")
     if not lr > 0:
         raise ValueError(f"lr={lr} must be positive.")
-    schedule = lr_schedule(lr, total_steps, decay=decay)
+    if decay and steps_per_epoch and total_steps:
+        schedule = epoch_gain_schedule(lr, epochs=int(total_steps) // int(steps_per_epoch),
+                                       steps_per_epoch=steps_per_epoch)
+    else:
+        schedule = lr_schedule(lr, total_steps, decay=decay)
+    frozen = [] if train_biases else [optax.masked(optax.set_to_zero(), vectors)]
     if name == "adam":
-        if weight_decay:
-            return optax.adamw(schedule, weight_decay=weight_decay)
-        return optax.adam(schedule)
-    chain = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
-    if name == "smoothed_sgd":
-        return optax.chain(*chain, optax.ema(momentum, debias=False),
-                           optax.scale_by_learning_rate(schedule))
-    return optax.chain(*chain, optax.sgd(schedule, momentum=momentum))
+        mask = matrices if decoupled_decay else None
+        opt = (optax.adamw(schedule, weight_decay=weight_decay, mask=mask) if weight_decay
+               else optax.adam(schedule))
+        return optax.chain(opt, *frozen) if frozen else opt
+    coupled = [optax.add_decayed_weights(weight_decay)] if (
+        weight_decay and not decoupled_decay) else []
+    smooth = (optax.ema(momentum, debias=False) if name == "smoothed_sgd"
+              else optax.trace(decay=momentum))
+    after = [optax.add_decayed_weights(weight_decay, mask=matrices)] if (
+        weight_decay and decoupled_decay) else []
+    return optax.chain(*coupled, smooth, *after, optax.scale_by_learning_rate(schedule),
+                       *frozen)
 
 
 def layer_learning_rates(lr: float, fan_ins, *, scaling: str = "fan_in") -> tuple:

@@ -58,14 +58,18 @@ def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, *, hidden: Sequence[int],
              readout_optimizer: optax.GradientTransformation | None = None,
              readout_layers=None, norm: str = "rms",
              label_strength: float = labels.DEFAULT_STRENGTH, negatives: str = "uniform",
-             peer_strength: float = 0.0, devices=None,
+             peer_strength: float = 0.0,
+             objective_fn: objective.Objective = objective.logistic,
+             loss_scale: float = 1.0, optimizer_settings: dict | None = None,
+             devices=None,
              on_epoch: Callable[[trainer.EpochReport], None] | None = None) -> GridResult:
     """Trains every grid point at once (see the module docstring).
 
     Args:
       points: the grid (make_grid).
       optimizer, lr_scaling, lr_decay, weight_decay: the layers' optimizer, as
-        optim.make_layer_optimizers builds it, with each point's lr.
+        optim.make_layer_optimizers builds it, with each point's lr;
+        optimizer_settings: further keywords of optim.make_optimizer.
       devices: split the grid over these devices (or the first N; default all): the
         largest count that divides the number of points is used.
       Others: as in trainer.fit.
@@ -84,7 +88,7 @@ def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, *, hidden: Sequence[int],
     steps = len(y_N) // int(batch_size)
     relative = optim.make_layer_optimizers(
         optimizer, lr=1.0, sizes=sizes, scaling=lr_scaling, total_steps=epochs * steps,
-        decay=lr_decay, weight_decay=weight_decay)
+        decay=lr_decay, weight_decay=weight_decay, **(optimizer_settings or {}))
 
     def layer_optimizers(lr):
         return tuple(optim.with_lr(o, lr) for o in relative)
@@ -108,6 +112,7 @@ def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, *, hidden: Sequence[int],
         layer_optimizers(1.0), batch_size=batch_size, num_classes=num_classes,
         thetas=objective.resolve_thetas(None, hidden), norm=norm,
         label_strength=label_strength, negatives=negatives, peer_strength=peer_strength,
+        objective_fn=objective_fn, loss_scale=loss_scale,
         readout_optimizer=readout_optimizer, readout_layers=readout_layers, jit=False)
     grid_epoch = jax.jit(jax.vmap(epoch, in_axes=(0, None, None, 0, 0)), donate_argnums=0)
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))

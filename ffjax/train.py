@@ -106,7 +106,9 @@ def params_of(state: TrainState) -> layers.Network:
 
 def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
                  thetas: Sequence[float], norm: str = "rms", peer_means=None,
-                 peer_strength: float = 0.0, peer_momentum: float = 0.9):
+                 peer_strength: float = 0.0, peer_momentum: float = 0.9,
+                 objective_fn: objective.Objective = objective.logistic,
+                 loss_scale: float = 1.0):
     """Each layer's own FF loss on one minibatch.
 
     Positive and negative examples go through each layer in one (B + M, D) matmul. The
@@ -114,45 +116,55 @@ def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Ar
     parameters alone: summing the losses and differentiating once gives every layer its
     local gradient and nothing else.
 
+    objective_fn (see ffjax.objective) turns every layer's goodness into one loss per
+    layer; loss_scale multiplies it (0.5 gives the reference code's step, which is half
+    the gradient of the logistic loss).
+
     Peer normalization (peer_strength > 0): each unit's running mean activity on the
     positives, m, is updated (m <- momentum m + (1 - momentum) batch mean), and a term
     whose gradient with respect to each pre-activation is peer_strength * (m_j - mean(m))
     is added to the objective. It acts on the pre-activation, not through the ReLU gate
     (straight-through), so units that never fire get pulled up and revive, and units
-    busier than the layer's average get pulled down.
+    busier than the layer's average get pulled down. It is not scaled by loss_scale.
 
     Returns:
-      objectives: (L,) what each layer minimizes (FF loss + peer term);
-      metrics: LayerMetrics with (L,) fields (the FF loss alone);
+      objectives: (L,) what each layer minimizes (loss_scale * FF loss + peer term);
+      metrics: LayerMetrics with (L,) fields (the FF loss unscaled, without the peer term);
       peer_means: tuple of the updated (H,) running means (unchanged when disabled).
     """
     batch = x_pos_BxD.shape[0]
     if peer_means is None:
         peer_means = tuple(jnp.full((p.w.shape[1],), PEER_INIT) for p in params)
     h = jnp.concatenate([x_pos_BxD, x_neg_MxD], axis=0)
-    per_layer, objectives, new_means = [], [], []
-    for p, theta, m in zip(params, thetas, peer_means):
+    g_all, peer_terms, new_means = [], [], []
+    for p, m in zip(params, peer_means):
         z = layers.normalize(jax.lax.stop_gradient(h), norm=norm) @ p.w + p.b
         h = jax.nn.relu(z)
-        g = objective.goodness(h)
-        metrics = objective.layer_metrics(g[:batch], g[batch:], theta)
-        obj = metrics.loss
+        g_all.append(objective.goodness(h))
+        peer = jnp.zeros((), jnp.float32)
         if peer_strength:
             m = peer_momentum * m + (1.0 - peer_momentum) * jax.lax.stop_gradient(
                 jnp.mean(h[:batch], axis=0))
             push = jax.lax.stop_gradient(m - jnp.mean(m))
-            obj = obj + peer_strength * jnp.sum(push * jnp.mean(z[:batch], axis=0))
-        per_layer.append(metrics)
-        objectives.append(obj)
+            peer = peer_strength * jnp.sum(push * jnp.mean(z[:batch], axis=0))
+        peer_terms.append(peer)
         new_means.append(m)
-    metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
-    return jnp.stack(objectives), metrics, tuple(new_means)
+    g = jnp.stack(g_all)  # (L, B + M)
+    t = jnp.stack([jnp.asarray(th, jnp.float32) for th in thetas])
+    g_pos, g_neg = g[:, :batch], g[:, batch:]
+    ff = objective_fn(g_pos, g_neg, t)
+    metrics = objective.LayerMetrics(
+        loss=ff, goodness_pos=jnp.mean(g_pos, axis=-1), goodness_neg=jnp.mean(g_neg, axis=-1),
+        acc_pos=jnp.mean((g_pos > t[:, None]).astype(jnp.float32), axis=-1),
+        acc_neg=jnp.mean((g_neg < t[:, None]).astype(jnp.float32), axis=-1))
+    return loss_scale * ff + jnp.stack(peer_terms), metrics, tuple(new_means)
 
 
 def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
                optimizer, thetas: Sequence[float], norm: str = "rms",
                peer_strength: float = 0.0, peer_momentum: float = 0.9,
-               trainable: Sequence[int] | None = None):
+               objective_fn: objective.Objective = objective.logistic,
+               loss_scale: float = 1.0, trainable: Sequence[int] | None = None):
     """Updates every layer once from its own local loss. Returns (state, LayerMetrics).
 
     x_neg_MxD holds M negatives (usually M = B; M = (C - 1) B with all wrong labels).
@@ -166,7 +178,8 @@ def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
     def total(ps):
         objs, metrics, means = local_losses(
             ps, x_pos_BxD, x_neg_MxD, thetas=thetas, norm=norm, peer_means=peer_means,
-            peer_strength=peer_strength, peer_momentum=peer_momentum)
+            peer_strength=peer_strength, peer_momentum=peer_momentum,
+            objective_fn=objective_fn, loss_scale=loss_scale)
         return jnp.sum(objs), (metrics, means)
 
     grads, (metrics, means) = jax.grad(total, has_aux=True)(params)
@@ -213,37 +226,37 @@ def check_inputs(params: layers.Network, x_NxD, y_N=None) -> None:
                          f"got {jnp.shape(y_N)}.")
 
 
-def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
-                     thetas: Sequence[float], norm: str = "rms",
-                     label_strength: float = labels.DEFAULT_STRENGTH,
-                     negatives: str = "uniform", peer_strength: float = 0.0,
-                     peer_momentum: float = 0.9,
-                     readout_optimizer: optax.GradientTransformation | None = None,
-                     readout_layers: Sequence[int] | None = None,
-                     trainable: Sequence[int] | None = None, batch_sharding=None,
-                     jit: bool = True):
-    """Builds `epoch(state, x_NxD, y_N, key, thetas=None) -> (state, StepMetrics)`.
+def make_train_step(optimizer, *, num_classes: int, norm: str = "rms",
+                    label_strength: float = labels.DEFAULT_STRENGTH,
+                    negatives: str = "uniform", peer_strength: float = 0.0,
+                    peer_momentum: float = 0.9,
+                    objective_fn: objective.Objective = objective.logistic,
+                    loss_scale: float = 1.0,
+                    readout_optimizer: optax.GradientTransformation | None = None,
+                    readout_layers: Sequence[int] | None = None,
+                    trainable: Sequence[int] | None = None, batch_sharding=None):
+    """Builds `step(state, x_BxD, y_B, key, thetas, y_neg=None) -> (state, StepMetrics)`,
+    one minibatch of local training (not jitted; make_train_epoch scans it).
 
-    One call is one pass over the data on the device: the examples are shuffled with
-    `key`, split into N // batch_size minibatches (the remainder, different each epoch,
-    is skipped), and `lax.scan` runs the training step over them. Positives carry their
-    true label. The metrics are the means over the epoch's minibatches.
+    The step runs the neutral-label pass (when a readout is trained), picks the
+    negative labels, updates every FF layer from its local loss and then the readout:
+    all three passes use the weights from before the update. `key` draws the
+    negatives; `y_neg` (B,) or (B * K,) grouped by positive, replaces them when given.
 
     Args:
       optimizer: optax.GradientTransformation (or one per layer), as given to
         init_train_state.
-      batch_size: minibatch size B.
       num_classes: C; labels are written into the first C features.
-      thetas: per-layer goodness thresholds (see objective.resolve_thetas). The epoch
-        also takes an (L,) array `thetas` argument that replaces them, so thresholds can
-        vary across a jax.vmap (a sweep over thresholds in one program).
-      norm: "rms" or "l2".
+      norm: "rms", "rms_ref" or "l2" (layers.normalize).
       label_strength: value of the one-hot label features.
       negatives: "uniform" (one wrong label per example, uniform over the C - 1),
         "hard" (one wrong label drawn from the softmax readout's prediction with the
         true label masked out; needs the readout), or "all" (all C - 1 wrong labels).
       peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
       peer_momentum: decay of the running mean activity used by peer normalization.
+      objective_fn: the per-layer objective (ffjax.objective; default the threshold
+        logistic).
+      loss_scale: multiplies the objective (0.5: the reference code's half-size step).
       readout_optimizer: train a softmax readout with it (the state must have been
         made by init_train_state with a readout_optimizer and the same readout_layers).
       readout_layers: layers the readout reads (default: all but the first).
@@ -253,11 +266,8 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
         parallelism, see ffjax.parallel): every minibatch is laid out with it and jit
         propagates the layout, so each device computes its slice of the batch and the
         gradients are summed across devices. None: wherever the inputs are.
-      jit: return the jitted function (state donated) or the pure Python one.
     """
     layers.check_norm(norm)
-    if int(batch_size) <= 0:
-        raise ValueError(f"batch_size={batch_size} must be a positive integer.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes={num_classes} must be at least 2.")
     if negatives not in NEGATIVES:
@@ -267,7 +277,11 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
                          "readout_optimizer (and build the state with one).")
     if not peer_strength >= 0:
         raise ValueError(f"peer_strength={peer_strength} must be >= 0.")
-    default_thetas = tuple(float(t) for t in thetas)
+    if not loss_scale > 0:
+        raise ValueError(f"loss_scale={loss_scale} must be positive.")
+    if not callable(objective_fn):
+        raise ValueError(f"objective_fn={objective_fn!r} must be a function (g_pos_LxB, "
+                         "g_neg_LxM, thetas_L) -> (L,) losses; see ffjax.objective.")
     if trainable is not None:
         trainable = tuple(sorted({int(i) for i in trainable}))
 
@@ -275,7 +289,7 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
         return a if batch_sharding is None else jax.lax.with_sharding_constraint(
             a, batch_sharding)
 
-    def step(st: TrainState, x_raw, y, key, thetas):
+    def step(st: TrainState, x_raw, y, key, thetas, y_neg=None):
         x = labels.to_float(place(x_raw))
         y = place(y)
         read = st.readout is not None
@@ -286,24 +300,57 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
             feats = readout.features(params, x, num_classes=num_classes,
                                      readout_layers=chosen, label_strength=label_strength,
                                      norm=norm)
-        if negatives == "uniform":
-            y_neg, x_neg_src = labels.uniform_wrong_labels(key, y, num_classes=num_classes), x
+        x_neg_src = x
+        if y_neg is not None:  # given by the caller
+            y_neg = place(y_neg)
+        elif negatives == "uniform":
+            y_neg = labels.uniform_wrong_labels(key, y, num_classes=num_classes)
         elif negatives == "hard":
             y_neg = labels.hard_wrong_labels(key, readout.logits(st.readout.params, feats), y)
-            x_neg_src = x
         else:
             y_neg = labels.all_wrong_labels(y, num_classes=num_classes).reshape(-1)
-            x_neg_src = jnp.repeat(x, num_classes - 1, axis=0)
+        if y_neg.shape[0] != y.shape[0]:  # several negatives per positive, grouped
+            x_neg_src = jnp.repeat(x, y_neg.shape[0] // y.shape[0], axis=0)
         x_pos = labels.embed_label(x, y, num_classes=num_classes, strength=label_strength)
         x_neg = labels.embed_label(x_neg_src, y_neg, num_classes=num_classes,
                                    strength=label_strength)
         st, layer_metrics = train_step(st, x_pos, x_neg, optimizer=optimizer, thetas=thetas,
                                        norm=norm, peer_strength=peer_strength,
-                                       peer_momentum=peer_momentum, trainable=trainable)
+                                       peer_momentum=peer_momentum,
+                                       objective_fn=objective_fn, loss_scale=loss_scale,
+                                       trainable=trainable)
         read_metrics = None
         if read:
             st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer)
         return st, StepMetrics(layer_metrics, read_metrics)
+
+    return step
+
+
+def make_train_epoch(optimizer, *, batch_size: int, thetas: Sequence[float],
+                     jit: bool = True, **step_settings):
+    """Builds `epoch(state, x_NxD, y_N, key, thetas=None) -> (state, StepMetrics)`.
+
+    One call is one pass over the data on the device: the examples are shuffled with
+    `key`, split into N // batch_size minibatches (the remainder, different each epoch,
+    is skipped), and `lax.scan` runs make_train_step's step over them. Positives carry
+    their true label. The metrics are the means over the epoch's minibatches.
+
+    Args:
+      optimizer: optax.GradientTransformation (or one per layer), as given to
+        init_train_state.
+      batch_size: minibatch size B.
+      thetas: per-layer goodness thresholds (see objective.resolve_thetas). The epoch
+        also takes an (L,) array `thetas` argument that replaces them, so thresholds can
+        vary across a jax.vmap (a sweep over thresholds in one program).
+      jit: return the jitted function (state donated) or the pure Python one.
+      **step_settings: num_classes and the other settings of make_train_step.
+    """
+    if int(batch_size) <= 0:
+        raise ValueError(f"batch_size={batch_size} must be a positive integer.")
+    readout_optimizer = step_settings.get("readout_optimizer")
+    step = make_train_step(optimizer, **step_settings)
+    default_thetas = tuple(float(t) for t in thetas)
 
     def epoch(state: TrainState, x_NxD: jax.Array, y_N: jax.Array, key: jax.Array,
               thetas=None):
@@ -341,4 +388,5 @@ def make_train_epoch(optimizer, *, batch_size: int, num_classes: int,
         state, metrics = jax.lax.scan(body, state, (batches, neg_keys))
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
+    epoch.step = step  # one minibatch: step(state, x_BxD, y_B, key, thetas, y_neg=None)
     return jax.jit(epoch, donate_argnums=0) if jit else epoch

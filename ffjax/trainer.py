@@ -83,7 +83,9 @@ def run_epoch(epoch_fn: Callable, e: int, *args) -> tuple:
 def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         num_classes: int, batch_size: int = 100, optimizer=None, lr: float = 0.0015,
         theta=None, norm: str = "rms", label_strength: float = labels.DEFAULT_STRENGTH,
-        negatives: str = "uniform", peer_strength: float = 0.0, readout: bool = False,
+        negatives: str = "uniform", peer_strength: float = 0.0,
+        objective_fn: objective.Objective = objective.logistic, loss_scale: float = 1.0,
+        readout: bool = False,
         readout_optimizer=None, readout_lr: float = 0.003, readout_layers=None,
         num_seeds: int | None = None, schedule: str = "simultaneous",
         on_epoch: Callable[[EpochReport, train.TrainState], bool | None] | None = None,
@@ -108,6 +110,8 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
       label_strength: value of the one-hot label features.
       negatives: "uniform", "hard" (needs the readout) or "all" (train.make_train_epoch).
       peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
+      objective_fn: the per-layer objective (ffjax.objective.make_objective or your own
+        function); loss_scale multiplies it (0.5: the reference code's step size).
       readout: also train the one-pass softmax readout (reading `readout_layers`,
         default all but the first) with `readout_optimizer` (default: Adam at
         `readout_lr` with the same schedule).
@@ -185,8 +189,9 @@ def fit(key: jax.Array, x_NxD, y_N, *, hidden: Sequence[int], epochs: int,
         fn = train.make_train_epoch(
             optimizer, batch_size=batch_size, num_classes=num_classes, thetas=thetas,
             norm=norm, label_strength=label_strength, negatives=negatives,
-            peer_strength=peer_strength, readout_optimizer=readout_optimizer,
-            readout_layers=readout_layers, trainable=trainable,
+            peer_strength=peer_strength, objective_fn=objective_fn, loss_scale=loss_scale,
+            readout_optimizer=readout_optimizer, readout_layers=readout_layers,
+            trainable=trainable,
             batch_sharding=None if mesh is None else parallel.batch_sharding(mesh),
             jit=num_seeds is None)
         if num_seeds is not None:

@@ -12,6 +12,19 @@ def test_rms_normalize_gives_mean_square_one():
     np.testing.assert_allclose(jnp.mean(y**2, axis=-1), 1.0, rtol=1e-5)
 
 
+def test_rms_ref_is_the_reference_form_and_scales_up_nearly_silent_rows():
+    x = jnp.array([[3.0, 4.0, 0.0, 1.0], [1e-6, 0.0, 2e-6, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    ref = layers.normalize(x, norm="rms_ref")
+    xs = np.asarray(x, np.float64)
+    expected = xs / (np.exp(-50.0) + np.sqrt(np.mean(xs ** 2, axis=-1, keepdims=True)))
+    np.testing.assert_allclose(ref, expected, rtol=1e-6)
+    np.testing.assert_allclose(jnp.mean(ref[:2] ** 2, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(ref[2], 0.0)
+    rms = layers.normalize(x, norm="rms")
+    np.testing.assert_allclose(rms[0], ref[0], rtol=1e-6)  # ordinary rows: the same
+    assert float(jnp.mean(rms[1] ** 2)) < 0.01  # the epsilon under the root keeps it small
+
+
 def test_l2_normalize_gives_unit_length():
     x = jax.random.normal(jax.random.key(1), (5, 37)) * 0.01
     y = layers.normalize(x, norm="l2")

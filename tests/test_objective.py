@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,3 +36,48 @@ def test_resolve_thetas():
         objective.resolve_thetas([1, 2, 3], [500, 300])
     with pytest.raises(ValueError, match="positive"):
         objective.resolve_thetas(-1.0, [500])
+
+
+def _goodness(seed, rows, cols):
+    return jax.random.uniform(jax.random.key(seed), (rows, cols), minval=0.0, maxval=30.0)
+
+
+def test_logistic_is_ff_loss_per_layer():
+    g_pos, g_neg, thetas = _goodness(0, 3, 5), _goodness(1, 3, 5), jnp.array([8.0, 16.0, 4.0])
+    per_layer = objective.logistic(g_pos, g_neg, thetas)
+    for l in range(3):
+        np.testing.assert_allclose(per_layer[l], objective.ff_loss(g_pos[l], g_neg[l],
+                                                                   thetas[l]), rtol=1e-6)
+    hot = objective.logistic(g_pos, g_neg, thetas, temperature=2.0)
+    np.testing.assert_allclose(hot[1], objective.ff_loss(g_pos[1] / 2, g_neg[1] / 2, 8.0),
+                               rtol=1e-6)
+
+
+def test_symba_pairs_each_positive_with_its_own_negatives():
+    g_pos = jnp.array([[10.0, 20.0]])
+    g_neg = jnp.array([[4.0, 30.0, 18.0, 25.0]])  # two negatives per positive, grouped
+    got = objective.symba(g_pos, g_neg, jnp.array([2.0]), alpha=3.0)
+    gaps = np.array([10 - 4, 10 - 30, 20 - 18, 20 - 25]) / 2.0
+    np.testing.assert_allclose(got, [np.mean(np.log1p(np.exp(-3.0 * gaps)))], rtol=1e-6)
+    with pytest.raises(ValueError, match="paired"):
+        objective.symba(g_pos, g_neg[:, :3], jnp.array([2.0]))
+
+
+def test_collaborative_reads_the_whole_network_margin():
+    g_pos, g_neg, thetas = _goodness(2, 3, 4), _goodness(3, 3, 4), jnp.array([15.0] * 3)
+    got = objective.collaborative(g_pos, g_neg, thetas)
+    total_pos = jnp.sum(g_pos - 15.0, axis=0)
+    total_neg = jnp.sum(g_neg - 15.0, axis=0)
+    expected = jnp.mean(jax.nn.softplus(-total_pos)) + jnp.mean(jax.nn.softplus(total_neg))
+    np.testing.assert_allclose(got, [expected] * 3, rtol=1e-6)
+    # entry l's gradient reaches row l alone
+    grad = jax.grad(lambda g: objective.collaborative(g, g_neg, thetas)[1])(g_pos)
+    assert float(jnp.abs(grad[1]).sum()) > 0
+    assert float(jnp.abs(grad[0]).sum()) == 0 and float(jnp.abs(grad[2]).sum()) == 0
+
+
+def test_make_objective():
+    fn = objective.make_objective("symba", alpha=2.0)
+    assert fn == objective.make_objective("symba", alpha=2.0) and hash(fn)
+    with pytest.raises(ValueError, match="not known"):
+        objective.make_objective("hinge")

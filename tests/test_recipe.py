@@ -145,11 +145,14 @@ def test_hinton_preset_is_the_reference_recipe():
     from ffjax import experiment
     cfg = experiment.parse_config(["--preset", "hinton"], experiment.Config())
     assert cfg.hidden == (1000, 1000, 1000) and cfg.batch_size == 100
-    assert cfg.norm == "rms" and cfg.theta is None  # theta = layer width
+    assert cfg.norm == "rms_ref" and cfg.theta is None  # theta = layer width
+    assert cfg.label_strength == 1.0 and cfg.loss_scale == 0.5  # half-size FF step
+    assert cfg.objective == "logistic" and cfg.temperature == 1.0
     assert cfg.peer_strength == 0.03 and cfg.negatives == "hard" and cfg.readout
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("smoothed_sgd", 0.01, 0.001)
+    assert cfg.decoupled_weight_decay and not cfg.readout_bias
     assert (cfg.readout_lr, cfg.readout_weight_decay) == (0.1, 0.003)
-    assert cfg.lr_decay and cfg.lr_scaling == "none"
+    assert cfg.lr_decay and cfg.lr_gain_per_epoch and cfg.lr_scaling == "none"
     assert cfg.readout_layers is None  # the readout skips layer 1, and so does scoring:
     assert experiment.score_layers(cfg) == (1, 2)
     assert train.PEER_INIT == 0.5

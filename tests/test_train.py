@@ -16,13 +16,24 @@ def _batch(seed, n=6, d=SIZES[0]):
     return jax.random.uniform(k1, (n, d)), jax.random.uniform(k2, (n, d))
 
 
-def test_locality_gradient_of_layer_k_is_exactly_zero_below_k():
+OBJECTIVES = [objective.logistic, objective.make_objective("symba", alpha=4.0),
+              objective.make_objective("collaborative", temperature=2.0)]
+
+
+@pytest.mark.parametrize("objective_fn", OBJECTIVES, ids=objective.OBJECTIVES)
+@pytest.mark.parametrize("peer_strength", [0.0, 0.03])
+def test_locality_gradient_of_layer_k_reaches_layer_k_alone(objective_fn, peer_strength):
+    """Layer k's objective sends gradient to layer k and to no other layer, for every
+    built-in objective (layer collaboration reads the other layers' goodness) and with
+    peer normalization."""
     state = train.init_train_state(jax.random.key(0), SIZES, optax.sgd(0.1))
     params = train.params_of(state)
     x_pos, x_neg = _batch(1)
     for k in range(len(params)):
         grads = jax.grad(
-            lambda p: train.local_losses(p, x_pos, x_neg, thetas=THETAS)[0][k])(params)
+            lambda p: train.local_losses(p, x_pos, x_neg, thetas=THETAS,
+                                         objective_fn=objective_fn,
+                                         peer_strength=peer_strength)[0][k])(params)
         for j, g in enumerate(grads):
             total = sum(float(jnp.abs(leaf).sum()) for leaf in jax.tree.leaves(g))
             if j == k:
