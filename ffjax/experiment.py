@@ -95,6 +95,9 @@ class Config:
         0, "hold out the last N training examples for validation; per-epoch evaluation "
            "then uses them instead of the test set (choose hyperparameters on this)")
     eval_every: int = _field(1, "evaluate every N epochs (0: only at the end)")
+    evaluate_test: typing.Optional[bool] = _field(
+        None, "score the test set at the end (default: only when no --validation-size "
+              "is given, so settings chosen on the validation split never see it)")
     seed: int = _field(0, "random seed (initialization, shuffling, negative labels)")
     seeds: int = _field(1, "train this many seeds at once in one compiled program (vmap) "
                            "and report mean and std over them")
@@ -634,17 +637,16 @@ def run(cfg: Config) -> dict:
             f"interrupted: saved a checkpoint after epoch {result.epochs_completed} of "
             f"{cfg.epochs}. Resume with: {resume_command(run_dir)}", exit_code=130)
 
-    test = evaluate(result.state, put(ds.x_test), ds.y_test)
+    test_on = cfg.evaluate_test if cfg.evaluate_test is not None else not cfg.validation_size
+    final_split, x_final, y_final = (("test", ds.x_test, ds.y_test) if test_on
+                                     else ("validation", x_val, y_val))
+    final = evaluate(result.state, put(x_final), y_final)
     results = {
-        "test_accuracy": test["accuracy"],
-        "test_error": 1.0 - test["accuracy"],
-        "test_accuracy_per_layer": test["accuracy_per_layer"],
-        "test_accuracy_by_score_layers": test["accuracy_by_score_layers"],
+        **split_results(final_split, final, cfg.seeds),
         "score_layers": list(score_layers(cfg)),
         "train_seconds": float(sum(r["seconds"] for r in rows)),
         "compile_seconds": result.compile_seconds,
         "seconds_per_epoch_median": float(np.median([r["seconds"] for r in rows])),
-        "test_eval_seconds": test["seconds"],
         "epochs": cfg.epochs,
         "num_train": int(len(y_fit)),
         "device": device_description(),
@@ -654,16 +656,7 @@ def run(cfg: Config) -> dict:
         "config": dataclasses.asdict(cfg),
         "run_dir": str(run_dir),
     }
-    if cfg.seeds > 1:
-        results.update(seeds=cfg.seeds, test_accuracy_std=test["accuracy_std"],
-                       test_accuracy_seeds=test["accuracy_seeds"])
-    if "accuracy_softmax" in test:
-        results["test_accuracy_softmax"] = test["accuracy_softmax"]
-        results["test_error_softmax"] = 1.0 - test["accuracy_softmax"]
-        if cfg.seeds > 1:
-            results.update(test_accuracy_softmax_std=test["accuracy_softmax_std"],
-                           test_accuracy_softmax_seeds=test["accuracy_softmax_seeds"])
-    if cfg.validation_size:
+    if cfg.validation_size and test_on:
         results["validation_accuracy"] = rows[-1]["eval_accuracy"]
         results["validation_accuracy_by_score_layers"] = rows[-1][
             "eval_accuracy_by_score_layers"]
@@ -675,9 +668,29 @@ def run(cfg: Config) -> dict:
 
     plots.plot_layer_losses(rows, run_dir / "loss.png")
     plots.plot_accuracy(rows, run_dir / "accuracy.png")
-    plots.plot_predictions(ds.x_test, ds.y_test, test["pred"], ds.class_names,
+    plots.plot_predictions(x_final, y_final, final["pred"], ds.class_names,
                            run_dir / "predictions.png")
     return results
+
+
+def split_results(split: str, ev: dict, seeds: int) -> dict:
+    """results.json's entries for the final evaluation `ev` on `split` ("test" or
+    "validation"): accuracy and error of both readouts, per layer, by score layers,
+    and with several seeds the std and per-seed values."""
+    out = {f"{split}_accuracy": ev["accuracy"], f"{split}_error": 1.0 - ev["accuracy"],
+           f"{split}_accuracy_per_layer": ev["accuracy_per_layer"],
+           f"{split}_accuracy_by_score_layers": ev["accuracy_by_score_layers"],
+           f"{split}_eval_seconds": ev["seconds"]}
+    if seeds > 1:
+        out.update({"seeds": seeds, f"{split}_accuracy_std": ev["accuracy_std"],
+                    f"{split}_accuracy_seeds": ev["accuracy_seeds"]})
+    if "accuracy_softmax" in ev:
+        out[f"{split}_accuracy_softmax"] = ev["accuracy_softmax"]
+        out[f"{split}_error_softmax"] = 1.0 - ev["accuracy_softmax"]
+        if seeds > 1:
+            out.update({f"{split}_accuracy_softmax_std": ev["accuracy_softmax_std"],
+                        f"{split}_accuracy_softmax_seeds": ev["accuracy_softmax_seeds"]})
+    return out
 
 
 def guarded(fn):
@@ -704,13 +717,14 @@ def main(defaults: Config, description: str, argv=None) -> int:
     results, code = guarded(lambda: run(parse_config(argv, defaults, description)))
     if code:
         return code
-    softmax = (f", softmax readout {100 * results['test_accuracy_softmax']:.2f}%"
-               if "test_accuracy_softmax" in results else "")
+    split = "test" if "test_accuracy" in results else "validation"
+    softmax = (f", softmax readout {100 * results[f'{split}_accuracy_softmax']:.2f}%"
+               if f"{split}_accuracy_softmax" in results else "")
     if "seeds" in results:
         softmax += (f" (mean of {results['seeds']} seeds; goodness std "
-                    f"{100 * results['test_accuracy_std']:.2f})")
-    print(f"test accuracy {100 * results['test_accuracy']:.2f}% "
-          f"(error {100 * results['test_error']:.2f}%){softmax}, "
+                    f"{100 * results[f'{split}_accuracy_std']:.2f})")
+    print(f"{split} accuracy {100 * results[f'{split}_accuracy']:.2f}% "
+          f"(error {100 * results[f'{split}_error']:.2f}%){softmax}, "
           f"train {results['train_seconds']:.1f}s + compile {results['compile_seconds']:.1f}s "
           f"on {results['device']}; run directory: {results['run_dir']}")
     return 0

@@ -62,16 +62,16 @@ def logistic(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
             + jnp.mean(jax.nn.softplus((g_neg_LxM - t) / temperature), axis=-1))
 
 
-def symba(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
+def symba(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L=None, *,
           alpha: float = 4.0) -> jax.Array:
-    """SymBa (Lee & Song 2023): mean softplus(-alpha (G_pos - G_neg) / theta) over every
-    pair of a positive and one of its negatives. There is no threshold to reach: theta
-    only sets the unit of the goodness gap (by default theta is the layer's width, so
-    G / theta is the mean square activity and alpha means the same at any width; give
-    thetas of 1 for the paper's plain form). Returns (L,)."""
-    t = jnp.asarray(thetas_L, jnp.float32)[:, None, None]
+    """SymBa (Lee & Song 2023): mean softplus(-alpha (G_pos - G_neg)) over every pair of
+    a positive and one of its negatives. There is no threshold (thetas are ignored): a
+    layer only has to rank its positive above its negatives. Its gradient with respect
+    to G is at most alpha, as the logistic's is at most 1, so alpha also scales the
+    step. Returns (L,)."""
+    del thetas_L
     neg = _per_positive(g_neg_LxM, g_pos_LxB.shape[-1])  # (L, B, K)
-    gap = (g_pos_LxB[..., None] - neg) / t
+    gap = g_pos_LxB[..., None] - neg
     return jnp.mean(jax.nn.softplus(-alpha * gap), axis=(-2, -1))
 
 

@@ -64,6 +64,7 @@ def test_fashion_mnist_experiment_with_validation_split(data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["num_train"] == 50000 and 0.5 < results["validation_accuracy"] <= 1
+    assert not any(k.startswith("test_") for k in results)  # the test set stays unseen
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["eval_split"] == "validation"
 
@@ -92,7 +93,7 @@ def test_help_explains_every_flag():
     (["--epochs", "0"], "--epochs 0: must be a positive integer"),
     (["--hidden", "100", "-5"], "--hidden 100 -5: widths must be positive"),
     (["--lr", "-1"], "--lr -1.0: must be positive"),
-    (["--norm", "layer"], "--norm layer: choose one of rms, l2"),
+    (["--norm", "layer"], "--norm layer: choose one of rms, rms_ref, l2"),
     (["--data-dir", "/nonexistent/ffjax"], "does not exist"),
     (["--preset", "paper"], "unknown preset 'paper'"),
     (["--negatives", "random"], "--negatives random: choose one of uniform, hard, all"),

@@ -56,9 +56,9 @@ def test_logistic_is_ff_loss_per_layer():
 def test_symba_pairs_each_positive_with_its_own_negatives():
     g_pos = jnp.array([[10.0, 20.0]])
     g_neg = jnp.array([[4.0, 30.0, 18.0, 25.0]])  # two negatives per positive, grouped
-    got = objective.symba(g_pos, g_neg, jnp.array([2.0]), alpha=3.0)
-    gaps = np.array([10 - 4, 10 - 30, 20 - 18, 20 - 25]) / 2.0
-    np.testing.assert_allclose(got, [np.mean(np.log1p(np.exp(-3.0 * gaps)))], rtol=1e-6)
+    got = objective.symba(g_pos, g_neg, jnp.array([2.0]), alpha=0.3)
+    gaps = np.array([10 - 4, 10 - 30, 20 - 18, 20 - 25])
+    np.testing.assert_allclose(got, [np.mean(np.log1p(np.exp(-0.3 * gaps)))], rtol=1e-6)
     with pytest.raises(ValueError, match="paired"):
         objective.symba(g_pos, g_neg[:, :3], jnp.array([2.0]))
 
