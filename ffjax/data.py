@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import socket
+import urllib.parse
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -205,6 +207,14 @@ def load_tfds(name: str, *, download_dir=None, manual_dir=None) -> Dataset:
     if download_dir is None:
         download_dir = Path("~/tensorflow_datasets/downloads").expanduser()
     url_infos = tfds.builder_cls(builder_name).url_infos
+    if manual_dir is None and not _cached(download_dir, url_infos):
+        host = urllib.parse.urlparse(next(iter(url_infos))).hostname
+        if not _reachable(host):
+            # TFDS would retry for minutes before giving up: say so at once instead.
+            raise DataError(
+                f"{name} is not in {download_dir} and {host} cannot be reached (no "
+                f"internet?). Pass --data-dir / set {DATA_DIR_ENV} to a folder with the "
+                "IDX files.")
     manager = tfds.download.DownloadManager(
         download_dir=download_dir, manual_dir=manual_dir, url_infos=url_infos,
         dataset_name=builder_name, force_checksums_validation=True)
@@ -218,6 +228,22 @@ def load_tfds(name: str, *, download_dir=None, manual_dir=None) -> Dataset:
             "IDX files."
         ) from None
     return _from_files({k: Path(paths[f]) for k, f in IDX_FILES.items()}, name)
+
+
+def _cached(download_dir, url_infos) -> bool:
+    """Whether TFDS already holds every file in download_dir (no network needed)."""
+    from tensorflow_datasets.core.download import resource
+    return all((Path(download_dir) / resource.get_dl_fname(url, info.checksum)).is_file()
+               for url, info in url_infos.items())
+
+
+def _reachable(host: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to host:443 opens within `timeout` seconds."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def load(name: str, data_dir=None) -> Dataset:

@@ -117,3 +117,15 @@ def test_split_validation_takes_the_last_examples():
     assert yf.tolist() == list(range(7)) and yv.tolist() == [7, 8, 9]
     with pytest.raises(ValueError):
         data.split_validation(x, y, 10)
+
+
+def test_default_path_without_network_fails_in_seconds(tmp_path, monkeypatch):
+    """No data dir, nothing cached, host unreachable: one DataError at once, not
+    minutes of TFDS retries."""
+    import time
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(data, "_reachable", lambda host, timeout=5.0: False)
+    t0 = time.perf_counter()
+    with pytest.raises(data.DataError, match="cannot be reached"):
+        data.load_tfds("fashion_mnist", download_dir=tmp_path / "dl")
+    assert time.perf_counter() - t0 < 30
