@@ -1,4 +1,4 @@
-"""Regenerates the README's validation ablations: `python -m benchmarks.ablations`.
+"""Regenerates the validation ablations of docs/recipe.md: `python -m benchmarks.ablations`.
 
 Each row is one `python -m experiments.mnist` run on the validation split (the last 10k
 training images); the test set is not looked at. Prints a markdown table and writes

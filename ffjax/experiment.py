@@ -384,7 +384,7 @@ def score_layers(cfg: Config) -> tuple:
     """The layers the goodness readout sums: --score-layers, else all of them (all but
     the first with --no-score-first-layer, the reference code's choice). Summing
     all layers beat skipping the first (the reference code's choice) on the validation
-    split in every setting measured (README, "Defaults, and why")."""
+    split in every setting measured (docs/recipe.md)."""
     if cfg.score_layers is not None:
         return tuple(sorted(set(cfg.score_layers)))
     if cfg.score_first_layer or len(cfg.hidden) == 1:

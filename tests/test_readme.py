@@ -1,20 +1,32 @@
-"""The README's code examples run as written."""
+"""The code examples of the README and docs/ run as written."""
 
 import re
 
+import pytest
+
 from tests.conftest import REPO
 
-
-def _python_blocks():
-    text = (REPO / "README.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+DOCS = ["README.md", *sorted(p.relative_to(REPO).as_posix()
+                             for p in (REPO / "docs").glob("*.md"))]
 
 
-def test_readme_examples_run(capsys):
-    blocks = _python_blocks()
-    assert len(blocks) >= 2
-    for code in blocks:
-        exec(compile(code, "README.md", "exec"), {})
+def _python_blocks(name):
+    return re.findall(r"```python\n(.*?)```", (REPO / name).read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("name", [d for d in DOCS if _python_blocks(d)])
+def test_examples_run(name, capsys):
+    for code in _python_blocks(name):
+        exec(compile(code, name, "exec"), {})
     out = capsys.readouterr().out
-    acc = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
-    assert acc > 0.9
+    if name == "README.md":
+        acc = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
+        assert acc > 0.9
+
+
+def test_links_point_to_files_that_exist():
+    for name in DOCS + ["benchmarks/results/README.md"]:
+        base = (REPO / name).parent
+        for target in re.findall(r"\]\(([^)#]+)\)", (REPO / name).read_text()):
+            if "://" not in target:
+                assert (base / target).exists(), f"{name} links to missing {target}"

@@ -141,7 +141,7 @@ def test_vmapped_seeds_equal_separate_runs():
 
 
 def test_hinton_preset_is_the_reference_recipe():
-    """The values FF_RECIPE.md states for the author's code."""
+    """The values docs/recipe.md states for the author's code."""
     from ffjax import experiment
     cfg = experiment.parse_config(["--preset", "hinton"], experiment.Config())
     assert cfg.hidden == (1000, 1000, 1000) and cfg.batch_size == 100
