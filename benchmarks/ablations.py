@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ffjax import experiment
+from ffjax import record
 
 ADAM = ["--optimizer", "adam", "--lr-scaling", "fan_in", "--lr", "0.0015", "--weight-decay", "0",
         "--readout-lr", "0.003", "--readout-weight-decay", "0"]
@@ -94,15 +94,12 @@ def main(argv=None):
                                 r["validation_accuracy_by_score_layers"],
                             "validation_accuracy_per_layer": last["eval_accuracy_per_layer"],
                             "seconds_per_epoch_median": r["seconds_per_epoch_median"]})
-    device = experiment.device_description()
-    slug = experiment.device_slug()
+    slug = record.device_slug()
     date = datetime.date.today().isoformat()
     part = "-" + re.sub(r"[^a-z0-9]+", "-", args.only.lower()).strip("-") if args.only else ""
     out = Path(f"benchmarks/results/ablations{part}-{slug}-{date}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device, "date": date,
-                               "command": experiment.command_line(), "rows": records},
-                              indent=2))
+    record.write_json(out, {**record.provenance(), "rows": records})
     print(f"wrote {out}")
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
+import functools
 import statistics
 import sys
 import time
@@ -35,7 +35,9 @@ from tqdm.auto import tqdm
 
 from benchmarks import baselines
 from benchmarks.timing import matmul_peak_flops, median_seconds, timed
-from ffjax import data, experiment, inference, objective, optim, plots, train
+from ffjax import data, driver, inference, optim, plots, record
+from ffjax.epoch import params_of
+from ffjax.spec import FFSpec
 
 MODELS = ("ff", "bp_mlp", "bp_cnn")
 SCALED_MODELS = ("ff", "bp_mlp")
@@ -65,42 +67,28 @@ def _uses_host_loop(name: str) -> bool:
     return name == "bp_cnn" and jax.default_backend() == "cpu"
 
 
-def _ff_config(hidden, epochs, batch_size) -> experiment.Config:
-    return experiment.Config(hidden=tuple(hidden), epochs=epochs, batch_size=batch_size)
-
-
-def _build_ff(key, hidden, epochs, batch_size, num_classes, x_train, x_test, y_test):
-    cfg = _ff_config(hidden, epochs, batch_size)
-    sizes = (x_train.shape[1],) + tuple(hidden)
-    opt, ro = experiment.make_optimizers(cfg, sizes[0], x_train.shape[0] // batch_size)
-    state = train.init_train_state(key, sizes, opt, readout_optimizer=ro,
-                                   num_classes=num_classes)
-    epoch = train.make_train_epoch(
-        opt, batch_size=batch_size, num_classes=num_classes,
-        thetas=objective.resolve_thetas(cfg.theta, hidden), norm=cfg.norm,
-        label_strength=cfg.label_strength, negatives=cfg.negatives,
-        peer_strength=cfg.peer_strength, readout_optimizer=ro)
-    goodness = inference.make_predict(num_classes=num_classes, norm=cfg.norm,
-                                      label_strength=cfg.label_strength,
-                                      score_layers=experiment.score_layers(cfg))
-    one_pass = inference.make_predict_readout(num_classes=num_classes, norm=cfg.norm,
-                                              label_strength=cfg.label_strength)
+def _build_ff(key, hidden, epochs, batch_size, num_classes, x_train, y_train, x_test, y_test):
+    spec = FFSpec(hidden=tuple(hidden), num_classes=num_classes)  # the experiments' recipe
+    program = driver.make_program(key, x_train, y_train, spec, epochs=epochs,
+                                  batch_size=batch_size)
+    goodness = inference.make_predict(spec)
+    one_pass = inference.make_predict_readout(spec)
 
     def evaluate(st):
-        p = goodness(train.params_of(st), x_test, st.readout.params)
+        p = goodness(params_of(st), x_test, st.readout.params)
         return {"test_accuracy": inference.accuracy(p.combined, y_test),
                 "test_accuracy_softmax": inference.accuracy(p.readout, y_test)}
 
     def inference_fns(st):
-        params, rp = train.params_of(st), st.readout.params
+        params, rp = params_of(st), st.readout.params
         return {"ten_label_goodness": lambda: goodness(params, x_test).combined,
                 "one_pass_softmax": lambda: one_pass(params, rp, x_test)}
 
-    return _Model("ff", state, epoch, evaluate, inference_fns)
+    return _Model("ff", program.state, program.epochs[0], evaluate, inference_fns)
 
 
-def _build_bp(name, key, hidden, epochs, batch_size, num_classes, x_train, x_test, y_test,
-              lr=1e-3):
+def _build_bp(name, key, hidden, epochs, batch_size, num_classes, x_train, y_train, x_test,
+              y_test, lr=1e-3):
     model = (baselines.MLP(tuple(hidden), num_classes) if name == "bp_mlp"
              else baselines.CNN(num_classes))
     opt = optim.make_optimizer("adam", lr=lr,
@@ -119,11 +107,11 @@ def _build_bp(name, key, hidden, epochs, batch_size, num_classes, x_train, x_tes
     return _Model(name, state, epoch, evaluate, inference_fns, host_step)
 
 
-def _build(name, key, hidden, epochs, batch_size, num_classes, x_train, x_test, y_test):
-    if name == "ff":
-        return _build_ff(key, hidden, epochs, batch_size, num_classes, x_train, x_test, y_test)
-    return _build_bp(name, key, hidden, epochs, batch_size, num_classes, x_train, x_test,
-                     y_test)
+def _build(name, key, hidden, epochs, batch_size, num_classes, x_train, y_train, x_test,
+           y_test):
+    build = _build_ff if name == "ff" else functools.partial(_build_bp, name)
+    return build(key, hidden, epochs, batch_size, num_classes, x_train, y_train, x_test,
+                 y_test)
 
 
 def _flops(compiled) -> float | None:
@@ -194,7 +182,7 @@ def time_to_targets(rows: list, targets, key: str = "test_accuracy") -> dict:
 def bench_model(name, args, ds, x_train, y_train, x_test, y_test, peak_flops):
     key = jax.random.key(args.seed)
     m = _build(name, key, args.hidden, args.epochs, args.batch_size, ds.num_classes,
-               x_train, x_test, y_test)
+               x_train, y_train, x_test, y_test)
     compiled, compile_seconds, memory, flops = _compile(m, x_train, y_train, args.batch_size)
     state, rows, total = m.state, [], 0.0
     data_key = jax.random.fold_in(key, 1)
@@ -235,7 +223,7 @@ def bench_model(name, args, ds, x_train, y_train, x_test, y_test, peak_flops):
 
 def scaling_point(name, hidden, batch_size, x, y, num_classes, repeats, peak_flops) -> dict:
     """Seconds per epoch (median of `repeats` after one warm-up epoch) of one setting."""
-    m = _build(name, jax.random.key(0), hidden, 1, batch_size, num_classes, x, x[:1],
+    m = _build(name, jax.random.key(0), hidden, 1, batch_size, num_classes, x, y, x[:1],
                np.zeros(1, np.int32))
     compiled, compile_seconds, _, flops = _compile(m, x, y, batch_size)
     box = {"state": m.state, "e": 0}
@@ -277,16 +265,16 @@ def _fmt(v, scale=1.0, digits=3, unit=""):
     return "–" if v is None else f"{v * scale:.{digits}f}{unit}"
 
 
-def markdown(record: dict) -> str:
-    targets = record["settings"]["targets"]
+def markdown(info: dict) -> str:
+    targets = info["settings"]["targets"]
     head = ("| model | test error | " + " | ".join(f"time to {100 * t:g} %" for t in targets)
             + " | s / epoch | compile s | inference on test set | step GFLOP | % of matmul"
               " peak | epoch program MB |")
-    lines = [f"Device: {record['device']}, JAX {record['jax_version']}, {record['date']}. "
-             f"Command: `{record['command']}`. Matmul peak measured: "
-             f"{record['matmul_peak_flops'] / 1e12:.2f} TFLOP/s.", "", head,
+    lines = [f"Device: {info['device']}, JAX {info['jax_version']}, {info['date']}. "
+             f"Command: `{info['command']}`. Matmul peak measured: "
+             f"{info['matmul_peak_flops'] / 1e12:.2f} TFLOP/s.", "", head,
              "|" + " --- |" * (8 + len(targets))]
-    for r in record["models"]:
+    for r in info["models"]:
         err = f"{100 * (1 - r['final_test_accuracy']):.2f} %"
         if "final_test_accuracy_softmax" in r:
             err += f" (softmax {100 * (1 - r['final_test_accuracy_softmax']):.2f} %)"
@@ -298,7 +286,7 @@ def markdown(record: dict) -> str:
                      f" {_fmt(r['step_flops'], 1e-9, 2)} |"
                      f" {_fmt(r['fraction_of_matmul_peak'], 100, 1)} |"
                      f" {_fmt(r['memory'].get('compiled_bytes'), 1e-6, 0)} |")
-    for axis, points in record["scaling"].items():
+    for axis, points in info["scaling"].items():
         lines += ["", f"Seconds per epoch vs {axis}:", "",
                   "| model | hidden | batch | s / epoch | epoch TFLOP | % of matmul peak |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -358,7 +346,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     date = datetime.date.today().isoformat()
-    stem = args.name or f"{experiment.device_slug()}-{date}" + ("-quick" if args.quick else "")
+    stem = args.name or f"{record.device_slug()}-{date}" + ("-quick" if args.quick else "")
     out_dir = Path(args.out_dir)
     out = out_dir / f"{stem}.json"
     if out.exists() and not args.overwrite:
@@ -389,23 +377,20 @@ def main(argv=None) -> int:
               f"{r['epoch_seconds_median']:.3f} s/epoch, compile {r['compile_seconds']:.1f} s",
               flush=True)
     scaling = scaling_curves(args, x_train, y_train, ds.num_classes, peak) if args.scaling else {}
-    record = {
+    info = {
         "benchmark": "compare",
-        "device": experiment.device_description(),
-        "jax_version": jax.__version__,
-        "date": date,
-        "command": experiment.command_line(),
+        **record.provenance(),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
         "num_train": int(x_train.shape[0]),
         "num_test": int(x_test.shape[0]),
-        "ff_config": dataclasses.asdict(_ff_config(args.hidden, args.epochs, args.batch_size)),
+        "ff_spec": dataclasses.asdict(FFSpec(hidden=tuple(args.hidden),
+                                             num_classes=ds.num_classes)),
         "matmul_peak_flops": peak,
         "models": models,
         "scaling": scaling,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    table = markdown(record)
+    record.write_json(out, info)
+    table = markdown(info)
     out.with_suffix(".md").write_text(table)
     plots.plot_compare_accuracy(models, out_dir / f"{stem}-accuracy.png")
     if scaling:

@@ -13,24 +13,23 @@ values. Results go to benchmarks/results/<device>-<date>-epoch.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
 from benchmarks.timing import timed
-from ffjax import experiment, inference, objective, optim, train
+from ffjax import driver, inference, record
+from ffjax.epoch import params_of
+from ffjax.spec import FFSpec
 
 DEFAULT_CONFIGS = ("784-500-500", "784-1000-1000-1000", "784-2000-2000-2000-2000")
 
 
 VARIANTS = {
     "plain": dict(negatives="uniform", peer_strength=0.0, readout=False),
-    "recipe": dict(negatives="hard", peer_strength=0.03, readout=True),
+    "recipe": dict(),  # the experiments' defaults: FFSpec()'s
 }
 
 
@@ -40,34 +39,24 @@ def bench_config(sizes, *, variant, batch_size, repeats, n_train=60_000, n_test=
     x = jax.device_put(rng.integers(0, 256, (n_train, sizes[0]), dtype=np.uint8))
     y = jax.device_put(rng.integers(0, 10, (n_train,), dtype=np.int32))
     x_test = jax.device_put(rng.integers(0, 256, (n_test, sizes[0]), dtype=np.uint8))
-    steps = n_train // batch_size
-    opts = optim.make_layer_optimizers("adam", lr=0.0015, sizes=sizes,
-                                       total_steps=steps * (repeats + 1))
-    v = VARIANTS[variant]
-    ro = optim.make_optimizer("adam", lr=0.003) if v["readout"] else None
-    key = jax.random.key(seed)
-    init_key, data_key = jax.random.split(key)
-    state = train.init_train_state(init_key, sizes, opts, readout_optimizer=ro,
-                                   num_classes=10)
-    epoch = train.make_train_epoch(opts, batch_size=batch_size, num_classes=10,
-                                   thetas=objective.resolve_thetas(None, sizes[1:]),
-                                   negatives=v["negatives"], peer_strength=v["peer_strength"],
-                                   readout_optimizer=ro)
+    spec = FFSpec(hidden=tuple(sizes[1:]), **VARIANTS[variant])
+    program = driver.make_program(jax.random.key(seed), x, y, spec, epochs=repeats + 1,
+                                  batch_size=batch_size)
     t0 = time.perf_counter()
-    compiled = epoch.lower(state, x, y, jax.random.fold_in(data_key, 0)).compile()
+    compiled = program.epochs[0].lower(program.state, x, y, program.epoch_key(0)).compile()
     compile_s = time.perf_counter() - t0
-    box = {"state": state, "e": 0}
+    box = {"state": program.state, "e": 0}
 
     def one_epoch():
         box["e"] += 1
-        box["state"], m = compiled(box["state"], x, y, jax.random.fold_in(data_key, box["e"]))
+        box["state"], m = compiled(box["state"], x, y, program.epoch_key(box["e"]))
         return box["state"], m
 
     one_epoch()  # warm-up
     epoch_times = timed(one_epoch, repeats)
 
-    predict = inference.make_predict(num_classes=10)
-    params = train.params_of(box["state"])
+    predict = inference.make_predict(spec)
+    params = params_of(box["state"])
     t0 = time.perf_counter()
     jax.block_until_ready(predict(params, x_test))  # compile + first run
     infer_first = time.perf_counter() - t0
@@ -75,10 +64,11 @@ def bench_config(sizes, *, variant, batch_size, repeats, n_train=60_000, n_test=
     one_pass = None
     if box["state"].readout is not None:
         rp = box["state"].readout.params
-        predict_ro = inference.make_predict_readout(num_classes=10)
+        predict_ro = inference.make_predict_readout(spec)
         jax.block_until_ready(predict_ro(params, rp, x_test))
         one_pass = statistics.median(timed(lambda: predict_ro(params, rp, x_test),
                                             max(repeats, 5)))
+    steps = n_train // batch_size
     flops = 6 * 2 * batch_size * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * steps
     return {
         "sizes": list(sizes),
@@ -108,7 +98,6 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="output JSON (default: "
                         "benchmarks/results/<device>-<date>-epoch.json)")
     args = parser.parse_args(argv)
-    device = experiment.device_description()
     rows = []
     for cfg in args.configs:
         sizes = tuple(int(s) for s in cfg.split("-"))
@@ -122,18 +111,9 @@ def main(argv=None):
                   f"{row['achieved_tflops']:.2f} TFLOP/s)  inference on 10k: ten-label "
                   f"{1e3 * row['infer_10k_seconds_median']:.1f} ms"
                   + (f", one-pass {1e3 * one:.1f} ms" if one is not None else ""), flush=True)
-    record = {
-        "benchmark": "epoch_time",
-        "device": device,
-        "jax_version": jax.__version__,
-        "date": datetime.date.today().isoformat(),
-        "command": experiment.command_line(),
-        "results": rows,
-    }
-    slug = experiment.device_slug()
-    out = Path(args.out or f"benchmarks/results/{slug}-{record['date']}-epoch.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    info = {"benchmark": "epoch_time", **record.provenance(), "results": rows}
+    out = record.write_json(args.out or f"benchmarks/results/{record.device_slug()}-"
+                            f"{info['date'][:10]}-epoch.json", info)
     print(f"wrote {out}")
 
 

@@ -2,7 +2,7 @@
 
 `python -m benchmarks.sweep_throughput --help`. Trains --models FF networks (seeds x
 learning rates of the experiments' default recipe) for --epochs epochs on MNIST, once as
-one grid program (ffjax.sweep.fit_grid) and once one after another (trainer.fit, one
+one grid program (ffjax.driver.fit_grid) and once one after another (driver.fit, one
 compiled program per model), and reports training seconds (compilation apart, reported
 separately) and models per second for both, in the same run.
 Writes benchmarks/results/<device>-<date>-sweep.json.
@@ -11,14 +11,12 @@ Writes benchmarks/results/<device>-<date>-sweep.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
+import dataclasses
 import sys
-from pathlib import Path
 
 import jax
 
-from ffjax import data, experiment, sweep, trainer
+from ffjax import config, data, driver, record
 
 
 def main(argv=None) -> int:
@@ -36,31 +34,22 @@ def main(argv=None) -> int:
         parser.error("--models, --epochs and --hidden must be positive.")
     ds = data.load("mnist", args.data_dir)
     x, y = ds.x_train[: args.n_train], ds.y_train[: args.n_train]
-    cfg = experiment.Config(hidden=tuple(args.hidden), epochs=args.epochs)
-    steps = len(y) // cfg.batch_size
-    _, ro = experiment.make_optimizers(cfg, x.shape[1], steps)
+    cfg = config.Config(hidden=tuple(args.hidden), epochs=args.epochs)
+    spec, opt = config.spec_of(cfg, ds.num_classes), config.optimizer_of(cfg)
     lrs = [cfg.lr * f for f in (0.5, 1.0, 2.0, 4.0)]
-    points = [sweep.GridPoint(seed=k // len(lrs), theta=None, lr=lrs[k % len(lrs)])
+    points = [driver.GridPoint(seed=k // len(lrs), theta=None, lr=lrs[k % len(lrs)])
               for k in range(args.models)]
-    common = dict(hidden=cfg.hidden, epochs=cfg.epochs, num_classes=10,
-                  batch_size=cfg.batch_size, negatives=cfg.negatives,
-                  peer_strength=cfg.peer_strength, readout_optimizer=ro)
-
-    grid = sweep.fit_grid(points, x, y, optimizer=cfg.optimizer, lr_scaling=cfg.lr_scaling,
-                          weight_decay=cfg.weight_decay, **common)
+    common = dict(epochs=cfg.epochs, batch_size=cfg.batch_size)
+    grid = driver.fit_grid(points, x, y, spec, optimizer=opt, **common)
     seq_train, seq_compile = 0.0, 0.0
     for p in points:
-        c = experiment.Config(hidden=cfg.hidden, epochs=cfg.epochs, lr=p.lr)
-        opt, _ = experiment.make_optimizers(c, x.shape[1], steps)
-        r = trainer.fit(jax.random.key(p.seed), x, y, optimizer=opt, **common)
+        r = driver.fit(jax.random.key(p.seed), x, y, spec,
+                       optimizer=dataclasses.replace(opt, lr=p.lr), **common)
         seq_train += r.train_seconds
         seq_compile += r.compile_seconds
-    record = {
+    info = {
         "benchmark": "sweep_throughput",
-        "device": experiment.device_description(),
-        "jax_version": jax.__version__,
-        "date": datetime.date.today().isoformat(),
-        "command": experiment.command_line(),
+        **record.provenance(),
         "hidden": list(cfg.hidden), "epochs": cfg.epochs, "models": len(points),
         "num_train": int(len(y)),
         "grid_train_seconds": grid.train_seconds,
@@ -72,14 +61,12 @@ def main(argv=None) -> int:
         "one_by_one_models_per_second": len(points) / seq_train,
         "speedup": seq_train / grid.train_seconds,
     }
-    out = Path(args.out or f"benchmarks/results/{experiment.device_slug()}-"
-                           f"{record['date']}-sweep.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
+    out = record.write_json(args.out or f"benchmarks/results/{record.device_slug()}-"
+                            f"{info['date'][:10]}-sweep.json", info)
     print(f"{len(points)} models of {'x'.join(map(str, cfg.hidden))}, {cfg.epochs} epochs: "
-          f"grid {grid.train_seconds:.2f} s ({record['grid_models_per_second']:.3f} models/s), "
-          f"one by one {seq_train:.2f} s ({record['one_by_one_models_per_second']:.3f} "
-          f"models/s): {record['speedup']:.2f}x. Wrote {out}")
+          f"grid {grid.train_seconds:.2f} s ({info['grid_models_per_second']:.3f} models/s), "
+          f"one by one {seq_train:.2f} s ({info['one_by_one_models_per_second']:.3f} "
+          f"models/s): {info['speedup']:.2f}x. Wrote {out}")
     return 0
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -24,9 +22,10 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ffjax import data, experiment, inference, parallel, sweep, train
+from ffjax import config, data, driver, experiment, inference, parallel, record
+from ffjax.epoch import params_of
 
-DEFAULTS = experiment.Config(dataset="mnist", hidden=(1000, 1000, 1000), epochs=10,
+DEFAULTS = config.Config(dataset="mnist", hidden=(1000, 1000, 1000), epochs=10,
                              validation_size=10_000)
 EXTRA = {
     "thetas": dict(type=float, nargs="+", default=None,
@@ -75,110 +74,96 @@ def markdown(summary: list, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cfg: experiment.Config, thetas, lrs) -> dict:
-    experiment.check_config(cfg)
+def run(cfg: config.Config, thetas, lrs) -> dict:
+    config.check_config(cfg)
     if not cfg.validation_size:
-        raise experiment.UsageError("a sweep chooses hyperparameters on the validation "
-                                    "split: give --validation-size N (> 0).")
+        raise config.UsageError("a sweep chooses hyperparameters on the validation "
+                                "split: give --validation-size N (> 0).")
     if cfg.schedule != "simultaneous":
-        raise experiment.UsageError("the sweep trains with --schedule simultaneous only.")
+        raise config.UsageError("the sweep trains with --schedule simultaneous only.")
     try:
-        points = sweep.make_grid(range(cfg.seed, cfg.seed + cfg.seeds),
-                                 thetas or [cfg.theta], lrs or [cfg.lr])
+        points = driver.make_grid(range(cfg.seed, cfg.seed + cfg.seeds),
+                                  thetas or [cfg.theta], lrs or [cfg.lr])
         devices = parallel.select_devices(cfg.devices)
     except ValueError as e:
-        raise experiment.UsageError(str(e)) from None
+        raise config.UsageError(str(e)) from None
     ds = data.load(cfg.dataset, cfg.data_dir)
-    x_fit, y_fit, x_val, y_val = experiment.training_split(cfg, ds)
-    run_dir = experiment.prepare_run_dir(cfg)
-    (run_dir / "config.json").write_text(json.dumps(
-        {**dataclasses.asdict(cfg), "thetas": thetas, "lrs": lrs}, indent=2))
-    _, readout_optimizer = experiment.make_optimizers(cfg, ds.x_train.shape[1],
-                                                      len(y_fit) // cfg.batch_size)
-
+    split = experiment.training_split(cfg, ds)
+    spec = config.spec_of(cfg, ds.num_classes)
+    rec = record.RunDir.create(cfg.out_dir, name=f"sweep-{cfg.dataset}",
+                               overwrite=cfg.overwrite)
+    rec.write_config({**dataclasses.asdict(cfg), "thetas": thetas, "lrs": lrs})
     bar = tqdm(total=cfg.epochs, desc=f"sweep of {len(points)} models", unit="epoch")
 
-    def on_epoch(report):
+    def on_epoch(report, state):
         bar.set_postfix(loss=f"{np.nanmean(report.metrics.layers.loss):.3f}")
         bar.update(1)
 
     try:
-        result = sweep.fit_grid(
-            points, x_fit, y_fit, hidden=cfg.hidden, epochs=cfg.epochs,
-            num_classes=ds.num_classes, batch_size=cfg.batch_size, optimizer=cfg.optimizer,
-            lr_scaling=cfg.lr_scaling, lr_decay=cfg.lr_decay, weight_decay=cfg.weight_decay,
-            readout_optimizer=readout_optimizer, readout_layers=cfg.readout_layers,
-            norm=cfg.norm, label_strength=cfg.label_strength, negatives=cfg.negatives,
-            peer_strength=cfg.peer_strength, objective_fn=experiment.objective_of(cfg),
-            loss_scale=cfg.loss_scale,
-            optimizer_settings=experiment.optimizer_settings(cfg, len(y_fit) // cfg.batch_size),
-            devices=devices, on_epoch=on_epoch)
+        result = driver.fit_grid(points, split.x_fit, split.y_fit, spec, epochs=cfg.epochs,
+                                 batch_size=cfg.batch_size, optimizer=config.optimizer_of(cfg),
+                                 devices=devices, on_epoch=on_epoch)
     finally:
         bar.close()
 
-    predict = inference.make_predict(num_classes=ds.num_classes,
-                                     label_strength=cfg.label_strength, norm=cfg.norm,
-                                     score_layers=experiment.score_layers(cfg),
-                                     readout_layers=cfg.readout_layers)
-    x_val_dev = jax.device_put(x_val)
+    predict = inference.make_predict(spec)
+    x_val_dev = jax.device_put(split.x_val)
     last = result.history[-1].metrics.layers.loss  # (K, L)
     rows = []
     for k, p in enumerate(tqdm(points, desc="evaluating", leave=False)):
-        st = sweep.point_state(result.state, k)
+        st = driver.model_state(result.state, k)
         rp = st.readout.params if st.readout is not None else None
-        pred = jax.device_get(predict(train.params_of(st), x_val_dev, rp))
+        pred = jax.device_get(predict(params_of(st), x_val_dev, rp))
         row = {"seed": p.seed, "theta": p.theta, "lr": p.lr,
-               "validation_accuracy": inference.accuracy(pred.combined, y_val),
+               "validation_accuracy": inference.accuracy(pred.combined, split.y_val),
                "validation_accuracy_per_layer": [
-                   inference.accuracy(pred.per_layer[:, i], y_val)
+                   inference.accuracy(pred.per_layer[:, i], split.y_val)
                    for i in range(len(cfg.hidden))],
                "final_layer_loss": [float(v) for v in last[k]],
                "diverged": bool(not np.all(np.isfinite(last[k])))}
         if pred.readout is not None:
-            row["validation_accuracy_softmax"] = inference.accuracy(pred.readout, y_val)
+            row["validation_accuracy_softmax"] = inference.accuracy(pred.readout,
+                                                                    split.y_val)
         rows.append(row)
     summary = summarize(rows)
-    record = {
+    sweep_record = {
         "models": len(points),
         "devices": result.num_devices,
         "train_seconds": result.train_seconds,
         "compile_seconds": result.compile_seconds,
         "models_per_second": len(points) / result.train_seconds,
         "epochs": cfg.epochs,
-        "device": experiment.device_description(),
-        "jax_version": jax.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": experiment.command_line(),
+        **record.provenance(),
         "summary": summary,
         "runs": rows,
-        "run_dir": str(run_dir),
+        "run_dir": str(rec.path),
     }
-    (run_dir / "sweep.json").write_text(json.dumps(record, indent=2))
+    record.write_json(rec.path / "sweep.json", sweep_record)
     header = (f"{len(points)} models ({cfg.dataset}, hidden {'x'.join(map(str, cfg.hidden))}, "
-              f"{cfg.epochs} epochs) trained at once on {record['device']} in "
+              f"{cfg.epochs} epochs) trained at once on {sweep_record['device']} in "
               f"{result.train_seconds:.1f} s (+ {result.compile_seconds:.1f} s compile); "
               f"validation split of {cfg.validation_size}.")
-    (run_dir / "sweep.md").write_text(markdown(summary, header))
-    with open(run_dir / "sweep.csv", "w", newline="") as f:
+    (rec.path / "sweep.md").write_text(markdown(summary, header))
+    with open(rec.path / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["seed", "theta", "lr", "validation_accuracy",
                                                "validation_accuracy_softmax", "diverged"],
                                 extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return record
+    return sweep_record
 
 
 def main(argv=None) -> int:
     def go():
-        cfg, extra = experiment.parse_config_with(argv, DEFAULTS, __doc__.splitlines()[0],
-                                                  EXTRA)
+        cfg, extra = config.parse_config_with(argv, DEFAULTS, __doc__.splitlines()[0],
+                                              EXTRA)
         return run(cfg, extra["thetas"], extra["lrs"])
 
-    record, code = experiment.guarded(go)
+    result, code = experiment.guarded(go)
     if code:
         return code
-    print((Path(record["run_dir"]) / "sweep.md").read_text())
-    print(f"run directory: {record['run_dir']}")
+    print(Path(result["run_dir"], "sweep.md").read_text())
+    print(f"run directory: {result['run_dir']}")
     return 0
 
 

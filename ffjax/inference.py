@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ffjax import labels, layers, objective, readout
-
-
-def default_score_layers(num_layers: int) -> tuple[int, ...]:
-    """All layers but the first when there are two or more (the reference recipe)."""
-    return layers.default_layer_selection(num_layers)
-
-
-def resolve_score_layers(score_layers, num_layers: int) -> tuple[int, ...]:
-    """None -> the default; otherwise checked 0-based layer indices."""
-    return layers.resolve_layer_selection(score_layers, num_layers, what="score_layers")
+from ffjax.spec import FFSpec
 
 
 def layer_goodness(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
@@ -45,14 +36,11 @@ def layer_goodness(params: layers.Network, x_BxD: jax.Array, *, num_classes: int
     return jnp.transpose(g_CxBxL, (1, 2, 0))
 
 
-def label_scores(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
-                 label_strength: float = labels.DEFAULT_STRENGTH, norm: str = "rms",
-                 score_layers: Sequence[int] | None = None) -> jax.Array:
-    """(B, C) goodness summed over the chosen layers; the prediction is its argmax."""
-    chosen = resolve_score_layers(score_layers, len(params))
-    g = layer_goodness(params, x_BxD, num_classes=num_classes,
-                       label_strength=label_strength, norm=norm)
-    return jnp.sum(g[:, jnp.array(chosen), :], axis=1)
+def label_scores(params: layers.Network, x_BxD: jax.Array, spec: FFSpec) -> jax.Array:
+    """(B, C) goodness summed over spec.score_layer_ids; the prediction is its argmax."""
+    g = layer_goodness(params, x_BxD, num_classes=spec.num_classes,
+                       label_strength=spec.label_strength, norm=spec.norm)
+    return jnp.sum(g[:, jnp.array(spec.score_layer_ids), :], axis=1)
 
 
 class Predictions(NamedTuple):
@@ -83,43 +71,37 @@ def _chunked(fn, x_NxD: jax.Array, chunk_size: int):
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
-def _readout_argmax(params, rparams, x_BxD, *, num_classes, label_strength, norm,
-                    readout_layers):
+def _readout_argmax(params, rparams, x_BxD, spec: FFSpec):
     """(B,) labels predicted by the softmax readout from one neutral-label pass."""
-    sel = layers.resolve_layer_selection(readout_layers, len(params), what="readout_layers")
-    f = readout.features(params, x_BxD, num_classes=num_classes, readout_layers=sel,
-                         label_strength=label_strength, norm=norm)
+    f = readout.features(params, x_BxD, num_classes=spec.num_classes,
+                         readout_layers=spec.readout_layer_ids,
+                         label_strength=spec.label_strength, norm=spec.norm)
     return jnp.argmax(readout.logits(rparams, f), -1)
 
 
-def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STRENGTH,
-                 norm: str = "rms", score_layers: Sequence[int] | None = None,
-                 readout_layers: Sequence[int] | None = None, chunk_size: int = 1000):
+def make_predict(spec: FFSpec, *, chunk_size: int = 1000):
     """Builds a jitted `predict(params, x_NxD, readout_params=None) -> Predictions`.
 
-    The goodness readout runs C label passes per example; with `readout_params` (a
-    trained softmax readout reading `readout_layers`) one neutral-label pass also gives
-    the one-pass prediction. Examples are processed `chunk_size` at a time inside one
-    device call, so memory stays bounded by one chunk's passes for any N.
+    The goodness readout runs C label passes per example and sums spec.score_layer_ids;
+    with `readout_params` (the trained softmax readout) one neutral-label pass also
+    gives the one-pass prediction. Examples are processed `chunk_size` at a time inside
+    one device call, so memory stays bounded by one chunk's passes for any N.
     """
-    layers.check_norm(norm)
     if int(chunk_size) <= 0:
         raise ValueError(f"chunk_size={chunk_size} must be a positive integer.")
+    chosen = jnp.array(spec.score_layer_ids)
 
     @jax.jit
     def predict(params, x_NxD, readout_params=None):
         _check_x(params, x_NxD)
-        chosen = jnp.array(resolve_score_layers(score_layers, len(params)))
 
         def one(xc):
-            g = layer_goodness(params, xc, num_classes=num_classes,
-                               label_strength=label_strength, norm=norm)  # (b, L, C)
+            g = layer_goodness(params, xc, num_classes=spec.num_classes,
+                               label_strength=spec.label_strength, norm=spec.norm)
             out = {"combined": jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1),
                    "per_layer": jnp.argmax(g, -1), "goodness": g}
             if readout_params is not None:
-                out["readout"] = _readout_argmax(
-                    params, readout_params, xc, num_classes=num_classes,
-                    label_strength=label_strength, norm=norm, readout_layers=readout_layers)
+                out["readout"] = _readout_argmax(params, readout_params, xc, spec)
             return out
 
         return Predictions(**_chunked(one, x_NxD, chunk_size))
@@ -127,40 +109,26 @@ def make_predict(*, num_classes: int, label_strength: float = labels.DEFAULT_STR
     return predict
 
 
-def make_predict_readout(*, num_classes: int,
-                         label_strength: float = labels.DEFAULT_STRENGTH,
-                         norm: str = "rms", readout_layers: Sequence[int] | None = None,
-                         chunk_size: int = 10000):
+def make_predict_readout(spec: FFSpec, *, chunk_size: int = 10000):
     """Builds a jitted `predict(params, readout_params, x_NxD) -> (N,)` labels from the
     one-pass softmax readout alone: one neutral-label forward pass per example."""
-    layers.check_norm(norm)
 
     @jax.jit
     def predict(params, readout_params, x_NxD):
         _check_x(params, x_NxD)
-
-        def one(xc):
-            return _readout_argmax(params, readout_params, xc, num_classes=num_classes,
-                                   label_strength=label_strength, norm=norm,
-                                   readout_layers=readout_layers)
-
-        return _chunked(one, x_NxD, chunk_size)
+        return _chunked(lambda xc: _readout_argmax(params, readout_params, xc, spec),
+                        x_NxD, chunk_size)
 
     return predict
 
 
-def predict(params: layers.Network, x_NxD: jax.Array, *, num_classes: int,
-            label_strength: float = labels.DEFAULT_STRENGTH, norm: str = "rms",
-            score_layers: Sequence[int] | None = None, chunk_size: int = 1000) -> jax.Array:
+def predict(params: layers.Network, x_NxD: jax.Array, spec: FFSpec, *,
+            chunk_size: int = 1000) -> jax.Array:
     """Predicted labels (N,) by the goodness readout. Convenience over make_predict."""
-    if score_layers is not None:
-        score_layers = tuple(int(i) for i in score_layers)
-    fn = _cached_predict(num_classes=int(num_classes), label_strength=float(label_strength),
-                         norm=norm, score_layers=score_layers, chunk_size=int(chunk_size))
-    return fn(params, x_NxD).combined
+    return _cached_predict(spec, chunk_size=int(chunk_size))(params, x_NxD).combined
 
 
-# Repeated calls with the same settings reuse one jitted function (one trace per shape).
+# Repeated calls with the same spec reuse one jitted function (one trace per shape).
 _cached_predict = functools.lru_cache(maxsize=32)(make_predict)
 
 

@@ -99,23 +99,3 @@ def forward(params: Network, x_BxD: jax.Array, *, norm: str = "rms") -> list[jax
 def widths(params: Network) -> tuple[int, ...]:
     """Hidden widths (H_1, ..., H_L) of a network."""
     return tuple(int(p.w.shape[1]) for p in params)
-
-
-def default_layer_selection(num_layers: int) -> tuple[int, ...]:
-    """All layers but the first when there are two or more (the reference recipe, for
-    both the goodness readout and the softmax readout)."""
-    return tuple(range(1, num_layers)) if num_layers >= 2 else (0,)
-
-
-def resolve_layer_selection(selection, num_layers: int, *, what: str = "score_layers"
-                            ) -> tuple[int, ...]:
-    """None -> the default selection; otherwise checked, sorted 0-based layer indices."""
-    if selection is None:
-        return default_layer_selection(num_layers)
-    chosen = tuple(sorted({int(i) for i in selection}))
-    if not chosen or any(i < 0 or i >= num_layers for i in chosen):
-        raise ValueError(
-            f"{what}={tuple(selection)!r} must be a non-empty set of layer indices in "
-            f"[0, {num_layers}) (0 is the first hidden layer)."
-        )
-    return chosen

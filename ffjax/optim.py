@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -135,3 +138,73 @@ def with_lr(optimizer: optax.GradientTransformation, lr) -> optax.GradientTransf
     function. Equal to building `optimizer` with `lr` in place of 1 (up to float
     rounding)."""
     return optax.chain(optimizer, optax.inject_hyperparams(optax.scale)(step_size=lr))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """How the FF layers and the softmax readout are optimized (each layer and the
+    readout get their own state). The defaults are the command line's: the reference
+    code's smoothed SGD, lr 0.01, weight decay 0.001; readout lr 0.1, decay 0.003; lr
+    constant for half the run, then decayed linearly to 0.
+
+    Attributes:
+      name: "smoothed_sgd", "sgd" or "adam" (make_optimizer), layers and readout alike.
+      lr: peak learning rate (with lr_scaling="fan_in": of a layer with 1000 inputs).
+      lr_scaling: "none", or "fan_in" (lr * 1000 / fan-in per layer; for Adam).
+      lr_decay: constant for half the run, then linear decay to 0; else constant.
+      lr_gain_per_epoch: set the decayed lr once per epoch (the reference code).
+      momentum: smoothing / momentum factor.
+      weight_decay: the layers' weight decay.
+      decoupled_weight_decay: after the smoothing, weights only (the reference code).
+      readout_lr, readout_weight_decay: the softmax readout's.
+      readout_bias: train the readout's bias (the reference code keeps it at 0).
+    """
+
+    name: str = "smoothed_sgd"
+    lr: float = 0.01
+    lr_scaling: str = "none"
+    lr_decay: bool = True
+    lr_gain_per_epoch: bool = False
+    momentum: float = 0.9
+    weight_decay: float = 0.001
+    decoupled_weight_decay: bool = False
+    readout_lr: float = 0.1
+    readout_weight_decay: float = 0.003
+    readout_bias: bool = True
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.name!r} is not known; choose one of "
+                             f"{OPTIMIZERS}.")
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr scaling {self.lr_scaling!r} is not known; choose one of "
+                             f"{LR_SCALINGS}.")
+        for name in ("lr", "readout_lr", "weight_decay", "readout_weight_decay", "momentum"):
+            v = getattr(self, name)
+            if not math.isfinite(v):
+                raise ValueError(f"{name}={v} must be a finite number.")
+            if not (v > 0 if name.endswith("lr") else v >= 0):
+                raise ValueError(f"{name}={v} must be "
+                                 f"{'positive' if name.endswith('lr') else '>= 0'}.")
+
+    def _shared(self, steps_per_epoch: int) -> dict:
+        return dict(decay=self.lr_decay, momentum=self.momentum,
+                    decoupled_decay=self.decoupled_weight_decay,
+                    steps_per_epoch=steps_per_epoch if self.lr_gain_per_epoch else None)
+
+    def layer_optimizers(self, sizes, *, steps_per_epoch: int, epochs: int,
+                         lr: float | None = None) -> tuple:
+        """One optimizer per layer of a network of widths `sizes` ([D_in, H_1, ...]),
+        its schedule spanning `epochs` epochs (lr: override the peak rate, e.g. 1.0 for
+        a grid that scales each model's updates itself)."""
+        return make_layer_optimizers(
+            self.name, lr=self.lr if lr is None else lr, sizes=sizes,
+            scaling=self.lr_scaling, total_steps=int(epochs) * int(steps_per_epoch),
+            weight_decay=self.weight_decay, **self._shared(steps_per_epoch))
+
+    def readout_optimizer(self, *, steps_per_epoch: int,
+                          epochs: int) -> optax.GradientTransformation:
+        return make_optimizer(
+            self.name, lr=self.readout_lr, total_steps=int(epochs) * int(steps_per_epoch),
+            weight_decay=self.readout_weight_decay, train_biases=self.readout_bias,
+            **self._shared(steps_per_epoch))

@@ -11,9 +11,10 @@ def test_small_network_learns_mnist(mnist):
     """784-256-256 on 20k training images, 4 epochs: >= 92 % test accuracy."""
     n = 20_000
     t0 = time.perf_counter()
-    result = ffjax.fit(jax.random.key(0), mnist.x_train[:n], mnist.y_train[:n],
-                       hidden=(256, 256), epochs=4, num_classes=10)
-    pred = ffjax.predict(ffjax.params_of(result.state), mnist.x_test, num_classes=10)
+    spec = ffjax.FFSpec(hidden=(256, 256))  # the experiments' recipe
+    result = ffjax.fit(jax.random.key(0), mnist.x_train[:n], mnist.y_train[:n], spec,
+                       epochs=4)
+    pred = ffjax.predict(ffjax.params_of(result.state), mnist.x_test, spec)
     acc = ffjax.accuracy(pred, mnist.y_test)
     elapsed = time.perf_counter() - t0
     assert acc >= 0.92, f"test accuracy {acc:.4f} after 4 epochs on {n} images"

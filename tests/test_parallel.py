@@ -15,7 +15,8 @@ EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np, optax
-    from ffjax import data, objective, optim, parallel, train, trainer
+    from ffjax import data, driver, epoch, optim, parallel
+    from ffjax.spec import FFSpec
 
     ds = data.load("mnist", sys.argv[1])
     x, y = ds.x_train[:2000], ds.y_train[:2000]
@@ -25,9 +26,10 @@ SCRIPT = textwrap.dedent("""
     # (legitimate) summation-order differences of near-zero gradients, e.g. the readout
     # bias's, to ~1e-3 after 50 steps, while the FF layers under Adam stay within 2e-6.
     for n in (None, 8, 2):
-        r = trainer.fit(jax.random.key(0), x, y, hidden=(32, 32), epochs=2, num_classes=10,
-                        batch_size=80, peer_strength=0.03, readout_optimizer=optax.sgd(0.1),
-                        devices=n)
+        r = driver.fit(jax.random.key(0), x, y, FFSpec(hidden=(32, 32), negatives="uniform"),
+                       epochs=2,
+                       batch_size=80, optimizer=optax.sgd(0.01),
+                       readout_optimizer=optax.sgd(0.1), devices=n)
         runs[n] = r
     out = {"loss": {}, "max_param_diff": {}}
     base = jax.tree.leaves(runs[None].state)
@@ -41,15 +43,15 @@ SCRIPT = textwrap.dedent("""
     out["devices_of_state"] = len(leaf.sharding.device_set)
     out["replicated"] = bool(leaf.sharding.is_fully_replicated)
     # Two seeds at once on 8 devices: vmap and sharding compose.
-    seeds = trainer.fit(jax.random.key(0), x, y, hidden=(16,), epochs=1, num_classes=10,
-                        batch_size=80, num_seeds=2, devices=8)
+    seeds = driver.fit(jax.random.key(0), x, y, FFSpec(hidden=(16,)), epochs=1,
+                       batch_size=80, num_seeds=2, devices=8)
     out["seeds_loss_shape"] = list(np.shape(seeds.history[0].metrics.layers.loss))
     # A grid of 4 models split over the devices (4 of the 8 divide it) equals the grid on
     # one device.
-    from ffjax import sweep
-    points = sweep.make_grid(seeds=[0, 1], thetas=[None], lrs=[0.01, 0.03])
-    grids = {n: sweep.fit_grid(points, x, y, hidden=(16,), epochs=1, num_classes=10,
-                               batch_size=80, devices=n) for n in (1, 8)}
+    points = driver.make_grid(seeds=[0, 1], thetas=[None], lrs=[0.01, 0.03])
+    plain = FFSpec(hidden=(16,), negatives="uniform", peer_strength=0.0, readout=False)
+    grids = {n: driver.fit_grid(points, x, y, plain, epochs=1, batch_size=80, devices=n)
+             for n in (1, 8)}
     out["grid_devices"] = grids[8].num_devices
     out["grid_state_devices"] = len(grids[8].state.layers[0].params.w.sharding.device_set)
     a, b = (grids[n].history[0].metrics.layers.loss for n in (8, 1))
@@ -57,16 +59,16 @@ SCRIPT = textwrap.dedent("""
     # The compiled sharded epoch sums gradients across devices.
     mesh = parallel.data_mesh(jax.devices())
     opt = optim.make_optimizer("adam", lr=1e-3)
-    st = parallel.replicate(train.init_train_state(jax.random.key(1), (784, 32), opt), mesh)
+    plain = FFSpec(hidden=(32,), negatives="uniform", peer_strength=0.0, readout=False)
+    st = parallel.replicate(epoch.init_train_state(jax.random.key(1), plain, 784, opt), mesh)
     xs, ys = parallel.replicate((x, y), mesh)
-    epoch = train.make_train_epoch(opt, batch_size=80, num_classes=10,
-                                   thetas=objective.resolve_thetas(None, (32,)),
-                                   batch_sharding=parallel.batch_sharding(mesh))
-    hlo = epoch.lower(st, xs, ys, jax.random.key(2)).compile().as_text()
+    fn = jax.jit(epoch.make_train_epoch(plain, opt, batch_size=80,
+                                        batch_sharding=parallel.batch_sharding(mesh)))
+    hlo = fn.lower(st, xs, ys, jax.random.key(2)).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
     try:
-        trainer.fit(jax.random.key(0), x, y, hidden=(8,), epochs=1, num_classes=10,
-                    batch_size=100, devices=8)
+        driver.fit(jax.random.key(0), x, y, FFSpec(hidden=(8,)), epochs=1,
+                   batch_size=100, devices=8)
     except ValueError as e:
         out["indivisible"] = str(e)
     print("RESULT" + json.dumps(out))
@@ -78,12 +80,13 @@ def _python(code_args, env=None):
                           text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
-# Tolerances are relative (to max(1, |value|)). Splitting a batch over devices changes
-# the order of float32 sums, which moves a result by a few ULPs of its magnitude: the
-# FF loss of a 1000-wide-threshold layer is ~1e3, where one ULP is 1.2e-4, so an absolute
-# bound of 1e-4 fails on some CPUs. 1e-5 relative is ~80 ULPs: room for reordering,
-# far below any real difference (a wrong gradient reduction moves these by > 1e-2). The
-# two-epoch runs compound the reordering, so their bound is 1e-4 relative.
+# Tolerances are relative (to max(1, |value|)). Splitting a batch or a grid over devices
+# changes how XLA fuses and orders float32 sums, which moves a result by a few ULPs of its
+# magnitude per step, compounding over the steps: the FF loss of a layer with a
+# width-sized threshold is ~1e3, where one ULP is 1.2e-4, so an absolute bound of 1e-4
+# fails on some CPUs. 1e-4 relative (~800 ULPs after 25-50 steps) leaves room for that
+# and stays far below any real fault (a wrong gradient reduction or mixed-up models move
+# these by more than 1e-2).
 def test_eight_device_run_equals_the_single_device_run(data_dir):
     proc = _python(["-c", SCRIPT, str(data_dir)], EIGHT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -98,7 +101,7 @@ def test_eight_device_run_equals_the_single_device_run(data_dir):
     assert out["seeds_loss_shape"] == [2, 1]
     assert out["all_reduce"]
     assert out["grid_devices"] == 4 and out["grid_state_devices"] == 4
-    assert out["grid_loss_rel_diff"] < 1e-5, out["grid_loss_rel_diff"]
+    assert out["grid_loss_rel_diff"] < 1e-4, out["grid_loss_rel_diff"]
     assert "batch_size=100 does not split evenly across 8 devices" in out["indivisible"]
 
 

@@ -16,12 +16,18 @@ def _python_blocks(name):
 
 @pytest.mark.parametrize("name", [d for d in DOCS if _python_blocks(d)])
 def test_examples_run(name, capsys):
+    namespace = {}
     for code in _python_blocks(name):
-        exec(compile(code, name, "exec"), {})
+        exec(compile(code, name, "exec"), namespace)
     out = capsys.readouterr().out
     if name == "README.md":
         acc = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
         assert acc > 0.9
+    if name == "docs/recipe.md":  # the library form shown is exactly --preset hinton
+        from ffjax import config
+        cfg = config.parse_config(["--preset", "hinton"], config.Config())
+        assert namespace["hinton"] == config.spec_of(cfg, 10)
+        assert namespace["hinton_optimizer"] == config.optimizer_of(cfg)
 
 
 def test_links_point_to_files_that_exist():

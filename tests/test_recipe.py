@@ -1,15 +1,20 @@
 """Properties of the reference-recipe pieces: softmax readout, hard negatives, peer norm."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ffjax import inference, labels, layers, objective, readout, train
+from ffjax import config, driver, epoch, inference, labels, layers, objective, readout
+from ffjax.spec import FFSpec
 
 SIZES = (12, 16, 16, 8)
 THETAS = objective.resolve_thetas(None, SIZES[1:])
 C = 4
+UNIFORM = FFSpec(hidden=SIZES[1:], num_classes=C, negatives="uniform", peer_strength=0.0,
+                 readout=False)
 
 
 def _toy(n=64, seed=0):
@@ -39,17 +44,17 @@ def test_training_the_readout_leaves_ff_training_unchanged():
     readout trained beside them, while the readout itself is updated."""
     x, y = _toy()
     opt = optax.adam(1e-2)
-    plain = train.init_train_state(jax.random.key(3), SIZES, opt)
-    ep_plain = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS)
-    with_r = train.init_train_state(jax.random.key(3), SIZES, opt,
-                                    readout_optimizer=optax.adam(0.05), num_classes=C)
-    ep_r = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS,
-                                  readout_optimizer=optax.adam(0.05))
+    reading = dataclasses.replace(UNIFORM, readout=True)
+    plain = epoch.init_train_state(jax.random.key(3), UNIFORM, SIZES[0], opt)
+    ep_plain = jax.jit(epoch.make_train_epoch(UNIFORM, opt, batch_size=16))
+    with_r = epoch.init_train_state(jax.random.key(3), reading, SIZES[0], opt,
+                                    optax.adam(0.05))
+    ep_r = jax.jit(epoch.make_train_epoch(reading, opt, optax.adam(0.05), batch_size=16))
     for e in range(3):
         plain, _ = ep_plain(plain, x, y, jax.random.fold_in(jax.random.key(4), e))
         with_r, m = ep_r(with_r, x, y, jax.random.fold_in(jax.random.key(4), e))
-    for a, b in zip(jax.tree.leaves(train.params_of(plain)),
-                    jax.tree.leaves(train.params_of(with_r))):
+    for a, b in zip(jax.tree.leaves(epoch.params_of(plain)),
+                    jax.tree.leaves(epoch.params_of(with_r))):
         np.testing.assert_array_equal(a, b)
     assert m.readout is not None and np.isfinite(float(m.readout.loss))
     assert float(jnp.abs(with_r.readout.params.w).max()) > 0.0  # started at zero
@@ -85,7 +90,7 @@ def test_peer_normalization_gradient_reaches_units_whose_relu_is_off():
 
     def layer0_grad(strength):
         def obj(params):
-            objs, _, _ = train.local_losses(params, x_pos, x_neg, thetas=THETAS,
+            objs, _, _ = epoch.local_losses(params, x_pos, x_neg, thetas=THETAS,
                                             peer_strength=strength)
             return objs[0]
         return jax.grad(obj)(net)[0]
@@ -101,12 +106,11 @@ def test_peer_means_track_activity_and_hard_negative_epoch_runs():
     x, y = _toy()
     opt = optax.adam(1e-2)
     ro = optax.adam(0.05)
-    st = train.init_train_state(jax.random.key(0), SIZES, opt, readout_optimizer=ro,
-                                num_classes=C)
-    ep = train.make_train_epoch(opt, batch_size=16, num_classes=C, thetas=THETAS,
-                                negatives="hard", peer_strength=0.03, readout_optimizer=ro)
+    spec = FFSpec(hidden=SIZES[1:], num_classes=C)  # hard negatives, peer norm 0.03
+    st = epoch.init_train_state(jax.random.key(0), spec, SIZES[0], opt, ro)
+    ep = jax.jit(epoch.make_train_epoch(spec, opt, ro, batch_size=16))
     st, m = ep(st, x, y, jax.random.key(1))
-    assert all(not np.allclose(ls.peer_mean, train.PEER_INIT) for ls in st.layers)
+    assert all(not np.allclose(ls.peer_mean, epoch.PEER_INIT) for ls in st.layers)
     assert np.isfinite(np.asarray(m.layers.loss)).all()
 
 
@@ -115,25 +119,24 @@ def test_combined_predict_matches_one_pass_readout_predict():
     net = layers.init_network(jax.random.key(0), SIZES)
     rp = readout.init_readout(16 + 8, C)._replace(
         w=jax.random.normal(jax.random.key(2), (24, C)))
-    both = inference.make_predict(num_classes=C, chunk_size=7)(net, x, rp)
-    alone = inference.make_predict_readout(num_classes=C, chunk_size=11)(net, rp, x)
+    spec = FFSpec(hidden=SIZES[1:], num_classes=C)
+    both = inference.make_predict(spec, chunk_size=7)(net, x, rp)
+    alone = inference.make_predict_readout(spec, chunk_size=11)(net, rp, x)
     np.testing.assert_array_equal(both.readout, alone)
     assert both.readout.shape == (30,)
 
 
 def test_vmapped_seeds_equal_separate_runs():
-    from ffjax import trainer
     x, y = _toy(48)
-    kwargs = dict(hidden=SIZES[1:], epochs=2, num_classes=C, batch_size=16,
-                  negatives="hard", peer_strength=0.03)
+    kwargs = dict(spec=FFSpec(hidden=SIZES[1:], num_classes=C), epochs=2, batch_size=16)
     # JAX 0.10's key-reuse checker reports a false "already consumed" for any
     # vmap(scan over split keys), even jax.vmap(lambda k: lax.scan(lambda c, k:
     # (c + uniform(k), None), 0., split(k, 4))); the unbatched runs below stay checked.
     with jax.debug_key_reuse(False):
-        many = trainer.fit(jax.random.key(7), x, y, num_seeds=2, **kwargs)
+        many = driver.fit(jax.random.key(7), x, y, num_seeds=2, **kwargs)
     assert many.history[-1].metrics.layers.loss.shape == (2, 3)
     for i in range(2):
-        one = trainer.fit(jax.random.split(jax.random.key(7), 2)[i], x, y, **kwargs)
+        one = driver.fit(jax.random.split(jax.random.key(7), 2)[i], x, y, **kwargs)
         for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(many.state)):
             np.testing.assert_allclose(a, b[i], rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(one.history[-1].metrics.layers.loss,
@@ -142,8 +145,7 @@ def test_vmapped_seeds_equal_separate_runs():
 
 def test_hinton_preset_is_the_reference_recipe():
     """The values docs/recipe.md states for the author's code."""
-    from ffjax import experiment
-    cfg = experiment.parse_config(["--preset", "hinton"], experiment.Config())
+    cfg = config.parse_config(["--preset", "hinton"], config.Config())
     assert cfg.hidden == (1000, 1000, 1000) and cfg.batch_size == 100
     assert cfg.norm == "rms_ref" and cfg.theta is None  # theta = layer width
     assert cfg.label_strength == 1.0 and cfg.loss_scale == 0.5  # half-size FF step
@@ -154,16 +156,16 @@ def test_hinton_preset_is_the_reference_recipe():
     assert (cfg.readout_lr, cfg.readout_weight_decay) == (0.1, 0.003)
     assert cfg.lr_decay and cfg.lr_gain_per_epoch and cfg.lr_scaling == "none"
     assert cfg.readout_layers is None  # the readout skips layer 1, and so does scoring:
-    assert experiment.score_layers(cfg) == (1, 2)
-    assert train.PEER_INIT == 0.5
+    assert config.score_layers(cfg) == (1, 2)
+    assert epoch.PEER_INIT == 0.5
     # explicit flags still win over the preset
-    cfg = experiment.parse_config(["--preset", "hinton", "--hidden", "50"],
-                                  experiment.Config())
+    cfg = config.parse_config(["--preset", "hinton", "--hidden", "50"],
+                                  config.Config())
     assert cfg.hidden == (50,) and cfg.lr == 0.01
-    cfg = experiment.parse_config(["--preset", "hinton", "--hidden", "8", "8", "8", "8"],
-                                  experiment.Config())
-    assert experiment.score_layers(cfg) == (1, 2, 3)
-    assert experiment.score_layers(experiment.Config(hidden=(8, 8))) == (0, 1)
+    cfg = config.parse_config(["--preset", "hinton", "--hidden", "8", "8", "8", "8"],
+                                  config.Config())
+    assert config.score_layers(cfg) == (1, 2, 3)
+    assert config.score_layers(config.Config(hidden=(8, 8))) == (0, 1)
 
 
 def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
@@ -179,14 +181,12 @@ def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
 
 
 def test_greedy_schedule_trains_one_layer_per_phase():
-    from ffjax import trainer
-    assert trainer.phase_plan("greedy", 7, 3) == [((0,), 2), ((1,), 2), ((2,), 3)]
-    assert trainer.phase_plan("simultaneous", 7, 3) == [(None, 7)]
+    assert driver.phase_plan("greedy", 7, 3) == [((0,), 2), ((1,), 2), ((2,), 3)]
+    assert driver.phase_plan("simultaneous", 7, 3) == [(None, 7)]
     x, y = _toy(48)
     snapshots = []
-    trainer.fit(jax.random.key(0), x, y, hidden=SIZES[1:], epochs=3, num_classes=C,
-                batch_size=16, schedule="greedy",
-                on_epoch=lambda r, st: snapshots.append(jax.tree.map(np.array, st.layers)))
+    driver.fit(jax.random.key(0), x, y, UNIFORM, epochs=3, batch_size=16, schedule="greedy",
+               on_epoch=lambda r, st: snapshots.append(jax.tree.map(np.array, st.layers)))
     for phase in range(3):
         before = snapshots[phase - 1] if phase else None
         for k in range(3):

@@ -13,7 +13,7 @@ the readout's softmax with the true label masked (the hard negatives).
 import jax
 import numpy as np
 
-from ffjax import experiment, objective, train
+from ffjax import config, epoch
 
 D, C, HIDDEN, B = 12, 4, (16, 16, 8), 6
 EPOCHS, STEPS_PER_EPOCH = 4, 2
@@ -88,18 +88,16 @@ def reference_step(net, s, means, ro_w, ro_s, x_raw, y, y_neg, epoch, *, strengt
 
 
 def test_hinton_preset_equals_the_numpy_transcription():
-    cfg = experiment.parse_config(
+    cfg = config.parse_config(
         ["--preset", "hinton", "--hidden", *map(str, HIDDEN), "--epochs", str(EPOCHS),
-         "--batch-size", str(B)], experiment.Config())
-    opt, ro_opt = experiment.make_optimizers(cfg, D, STEPS_PER_EPOCH)
-    state = train.init_train_state(jax.random.key(0), (D,) + HIDDEN, opt,
-                                   readout_optimizer=ro_opt, num_classes=C)
-    step = jax.jit(train.make_train_step(
-        opt, num_classes=C, norm=cfg.norm, label_strength=cfg.label_strength,
-        negatives=cfg.negatives, peer_strength=cfg.peer_strength,
-        objective_fn=experiment.objective_of(cfg), loss_scale=cfg.loss_scale,
-        readout_optimizer=ro_opt, readout_layers=cfg.readout_layers))
-    thetas = objective.resolve_thetas(cfg.theta, HIDDEN)
+         "--batch-size", str(B)], config.Config())
+    spec, opt_spec = config.spec_of(cfg, C), config.optimizer_of(cfg)
+    opt = opt_spec.layer_optimizers((D,) + HIDDEN, steps_per_epoch=STEPS_PER_EPOCH,
+                                    epochs=EPOCHS)
+    ro_opt = opt_spec.readout_optimizer(steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS)
+    state = epoch.init_train_state(jax.random.key(0), spec, D, opt, ro_opt)
+    step = jax.jit(epoch.make_train_step(spec, opt, ro_opt))
+    thetas = spec.thetas
 
     net = [(np.asarray(ls.params.w, np.float64), np.asarray(ls.params.b, np.float64))
            for ls in state.layers]

@@ -1,6 +1,7 @@
 """Reliability: checkpoints and exact resume, Ctrl-C, divergence guard, determinism, and a
 clear one-line refusal (exit code 2) for every kind of bad input a user can give."""
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -15,8 +16,9 @@ import numpy as np
 import optax
 import pytest
 
-from ffjax import checkpoint, experiment, trainer
 from experiments import mnist
+from ffjax import checkpoint, driver, experiment, optim
+from ffjax.spec import FFSpec
 from tests.conftest import REPO
 
 # Big enough that an epoch takes a moment on 2 CPU cores, so a run can be stopped mid-way.
@@ -123,9 +125,10 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(mnist, tmp
         ckpts.save(report.epoch + 1, state)
         saved.append(report.epoch + 1)
 
-    with pytest.raises(trainer.DivergedError) as e:
-        trainer.fit(jax.random.key(0), x, y, hidden=(32, 32), epochs=6, num_classes=10,
-                    optimizer=optax.sgd(lr), on_epoch=on_epoch)
+    with pytest.raises(driver.DivergedError) as e:
+        driver.fit(jax.random.key(0), x, y, FFSpec(hidden=(32, 32)), epochs=6,
+                   optimizer=optax.sgd(lr), readout_optimizer=optax.sgd(0.1),
+                   on_epoch=on_epoch)
     assert e.value.epoch == 2 and e.value.layer is not None
     assert "training diverged" in str(e.value) and "Lower the learning rate" in str(e.value)
     assert saved == [1, 2] and ckpts.latest_epoch() == 2  # the NaN state was never saved
@@ -145,8 +148,7 @@ def test_same_seed_same_platform_gives_identical_runs(mnist):
     x, y = mnist.x_train[:2000], mnist.y_train[:2000]
 
     def run():
-        r = trainer.fit(jax.random.key(3), x, y, hidden=(32, 16), epochs=2, num_classes=10,
-                        negatives="hard", peer_strength=0.03)
+        r = driver.fit(jax.random.key(3), x, y, FFSpec(hidden=(32, 16)), epochs=2)
         return [np.asarray(h.metrics.layers.loss) for h in r.history], r.state
 
     (m1, s1), (m2, s2) = run(), run()
@@ -286,20 +288,21 @@ def test_resume_refuses_changed_settings_and_finished_runs(data_dir, tmp_path):
 def test_fit_rejects_bad_arguments_before_compiling(mnist):
     x, y = mnist.x_train[:200], mnist.y_train[:200]
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match="widths must be positive|positive"):
-        trainer.fit(key, x, y, hidden=(0,), epochs=1, num_classes=10)
+    spec = FFSpec(hidden=(8,))
+    with pytest.raises(ValueError, match="positive widths"):
+        driver.fit(key, x, y, FFSpec(hidden=(0,)), epochs=1)
     with pytest.raises(ValueError, match="epochs=0"):
-        trainer.fit(key, x, y, hidden=(8,), epochs=0, num_classes=10)
+        driver.fit(key, x, y, spec, epochs=0)
     with pytest.raises(ValueError, match="batch_size=500"):
-        trainer.fit(key, x, y, hidden=(8,), epochs=1, num_classes=10, batch_size=500)
+        driver.fit(key, x, y, spec, epochs=1, batch_size=500)
     with pytest.raises(ValueError, match="lr=-1"):
-        trainer.fit(key, x, y, hidden=(8,), epochs=1, num_classes=10, lr=-1.0)
+        driver.fit(key, x, y, spec, epochs=1, optimizer=optim.OptimizerSpec(lr=-1.0))
     with pytest.raises(ValueError, match="larger than the input width"):
-        trainer.fit(key, x[:, :5], y, hidden=(8,), epochs=1, num_classes=10)
+        driver.fit(key, x[:, :5], y, spec, epochs=1)
     bad = np.asarray(x, np.float32)
     bad[3, 7] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
-        trainer.fit(key, bad, y, hidden=(8,), epochs=1, num_classes=10)
+        driver.fit(key, bad, y, spec, epochs=1)
 
 
 def test_gunzipped_idx_files_are_accepted(data_dir, tmp_path):
@@ -326,20 +329,23 @@ def test_data_dir_that_is_a_file_and_mismatched_image_sizes(data_dir, tmp_path):
 
 
 def test_library_refuses_arrays_that_do_not_fit_the_network():
-    from ffjax import inference, train
+    from ffjax import epoch as epoch_lib
+    from ffjax import inference
     opt = optax.sgd(0.1)
-    state = train.init_train_state(jax.random.key(0), (20, 8, 8), opt)
-    epoch = train.make_train_epoch(opt, batch_size=4, num_classes=4, thetas=(8.0, 8.0))
+    spec = FFSpec(hidden=(8, 8), num_classes=4, negatives="uniform", readout=False)
+    state = epoch_lib.init_train_state(jax.random.key(0), spec, 20, opt)
+    epoch = epoch_lib.make_train_epoch(spec, opt, batch_size=4)
     x, y = np.zeros((16, 20), np.uint8), np.zeros(16, np.int32)
     with pytest.raises(ValueError, match="x has 10 features per example but the network"):
         epoch(state, x[:, :10], y, jax.random.key(1))
     with pytest.raises(ValueError, match=r"y must have shape \(16,\)"):
         epoch(state, x, y[:5], jax.random.key(1))
-    short = train.make_train_epoch(opt, batch_size=4, num_classes=4, thetas=(8.0,))
+    short = epoch_lib.make_train_epoch(dataclasses.replace(spec, hidden=(8,)), opt,
+                                       batch_size=4)
     with pytest.raises(ValueError, match="thetas has 1 values but the network has 2"):
         short(state, x, y, jax.random.key(1))
     with pytest.raises(ValueError, match=r"x must have shape \(N, 20\)"):
-        inference.make_predict(num_classes=4)(train.params_of(state), x[:, :5])
+        inference.make_predict(spec)(epoch_lib.params_of(state), x[:, :5])
 
 
 def test_the_other_datasets_folder_is_recognized(data_dir, tmp_path):

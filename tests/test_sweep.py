@@ -1,5 +1,6 @@
 """Many models per program: a grid point trains exactly as the lone run it stands for."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,33 +10,31 @@ import numpy as np
 import pytest
 
 from benchmarks import sweep_throughput
-from ffjax import optim, sweep, trainer
+from ffjax import driver, optim
+from ffjax.spec import FFSpec
 from tests.conftest import REPO
 
 
 def test_grid_points_equal_separate_runs(mnist):
     x, y = mnist.x_train[:1500], mnist.y_train[:1500]
-    points = sweep.make_grid(seeds=[0, 1], thetas=[None, 10.0], lrs=[0.01, 0.03])
-    assert len(points) == 8 and points[0] == sweep.GridPoint(0, None, 0.01)
+    points = driver.make_grid(seeds=[0, 1], thetas=[None, 10.0], lrs=[0.01, 0.03])
+    assert len(points) == 8 and points[0] == driver.GridPoint(0, None, 0.01)
     chosen = [points[1], points[6]]  # (seed 1, width, 0.01), (seed 0, 10.0, 0.03)
-    common = dict(hidden=(24, 16), epochs=2, num_classes=10, batch_size=50,
-                  peer_strength=0.03)
+    spec = FFSpec(hidden=(24, 16), negatives="uniform", readout=False)
+    common = dict(epochs=2, batch_size=50)
     # The grid is a vmap of the scanned epoch: JAX 0.10's key-reuse checker wrongly
     # flags that (see test_recipe's vmapped-seeds test); the lone runs stay checked.
     with jax.debug_key_reuse(False):
-        grid = sweep.fit_grid(chosen, x, y, optimizer="smoothed_sgd", weight_decay=0.001,
-                              **common)
+        grid = driver.fit_grid(chosen, x, y, spec, **common)
     assert grid.history[0].metrics.layers.loss.shape == (2, 2)
     for k, p in enumerate(chosen):
-        opt = optim.make_layer_optimizers("smoothed_sgd", lr=p.lr, sizes=(784, 24, 16),
-                                          scaling="none", total_steps=2 * 30,
-                                          weight_decay=0.001)
-        alone = trainer.fit(jax.random.key(p.seed), x, y, optimizer=opt, theta=p.theta,
-                            **common)
+        alone = driver.fit(jax.random.key(p.seed), x, y,
+                           dataclasses.replace(spec, theta=p.theta),
+                           optimizer=optim.OptimizerSpec(lr=p.lr), **common)
         for g, a in zip(grid.history, alone.history):
             np.testing.assert_allclose(g.metrics.layers.loss[k], a.metrics.layers.loss,
                                        rtol=1e-5)
-        for g, a in zip(jax.tree.leaves(sweep.point_state(grid.state, k).layers[0].params),
+        for g, a in zip(jax.tree.leaves(driver.model_state(grid.state, k).layers[0].params),
                         jax.tree.leaves(alone.state.layers[0].params)):
             np.testing.assert_allclose(np.asarray(g), np.asarray(a), atol=1e-5)
 
@@ -46,7 +45,7 @@ def test_grid_points_equal_separate_runs(mnist):
 ])
 def test_bad_grid_values_are_named(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
-        sweep.make_grid(**kwargs)
+        driver.make_grid(**kwargs)
 
 
 def _sweep(*args):

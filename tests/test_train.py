@@ -5,10 +5,24 @@ import numpy as np
 import optax
 import pytest
 
-from ffjax import objective, optim, train
+from ffjax import epoch as epoch_lib
+from ffjax import objective, optim
+from ffjax.spec import FFSpec
 
 SIZES = (12, 16, 16, 8)
 THETAS = objective.resolve_thetas(None, SIZES[1:])
+# The plain algorithm: uniform negatives, no peer normalization, no readout.
+PLAIN = FFSpec(hidden=SIZES[1:], num_classes=4, negatives="uniform", peer_strength=0.0,
+               readout=False)
+
+
+def _init(key, optimizer):
+    return epoch_lib.init_train_state(key, PLAIN, SIZES[0], optimizer)
+
+
+def _epoch(optimizer, batch_size=16):
+    return jax.jit(epoch_lib.make_train_epoch(PLAIN, optimizer, batch_size=batch_size),
+                   donate_argnums=0)
 
 
 def _batch(seed, n=6, d=SIZES[0]):
@@ -26,12 +40,12 @@ def test_locality_gradient_of_layer_k_reaches_layer_k_alone(objective_fn, peer_s
     """Layer k's objective sends gradient to layer k and to no other layer, for every
     built-in objective (layer collaboration reads the other layers' goodness) and with
     peer normalization."""
-    state = train.init_train_state(jax.random.key(0), SIZES, optax.sgd(0.1))
-    params = train.params_of(state)
+    state = _init(jax.random.key(0), optax.sgd(0.1))
+    params = epoch_lib.params_of(state)
     x_pos, x_neg = _batch(1)
     for k in range(len(params)):
         grads = jax.grad(
-            lambda p: train.local_losses(p, x_pos, x_neg, thetas=THETAS,
+            lambda p: epoch_lib.local_losses(p, x_pos, x_neg, thetas=THETAS,
                                          objective_fn=objective_fn,
                                          peer_strength=peer_strength)[0][k])(params)
         for j, g in enumerate(grads):
@@ -44,12 +58,12 @@ def test_locality_gradient_of_layer_k_reaches_layer_k_alone(objective_fn, peer_s
 
 def test_each_layer_has_its_own_optimizer_state():
     opts = (optax.sgd(0.5), optax.sgd(0.0), optax.adam(0.01))
-    state = train.init_train_state(jax.random.key(0), SIZES, opts)
+    state = _init(jax.random.key(0), opts)
     assert isinstance(state.layers[2].opt_state[0], optax.ScaleByAdamState)
     x_pos, x_neg = _batch(2)
-    new, metrics = train.train_step(state, x_pos, x_neg, optimizer=opts, thetas=THETAS)
+    new, metrics = epoch_lib.train_step(state, x_pos, x_neg, optimizer=opts, thetas=THETAS)
     assert metrics.loss.shape == (3,)
-    old_p, new_p = train.params_of(state), train.params_of(new)
+    old_p, new_p = epoch_lib.params_of(state), epoch_lib.params_of(new)
     assert not np.allclose(old_p[0].w, new_p[0].w)
     np.testing.assert_array_equal(old_p[1].w, new_p[1].w)  # lr 0: untouched
     assert int(new.layers[2].opt_state[0].count) == 1
@@ -57,23 +71,23 @@ def test_each_layer_has_its_own_optimizer_state():
 
 def test_train_step_lowers_every_layer_loss():
     opt = optax.adam(1e-2)
-    state = train.init_train_state(jax.random.key(3), SIZES, opt)
+    state = _init(jax.random.key(3), opt)
     x_pos, x_neg = _batch(4)
-    before, *_ = train.local_losses(train.params_of(state), x_pos, x_neg, thetas=THETAS)
+    before, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, thetas=THETAS)
     for _ in range(20):
-        state, _ = train.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
-    after, *_ = train.local_losses(train.params_of(state), x_pos, x_neg, thetas=THETAS)
+        state, _ = epoch_lib.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
+    after, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, thetas=THETAS)
     assert bool(jnp.all(after < before))
 
 
 def test_one_step_regression_value():
     """Pins one SGD step on fixed data; a change here changes training results."""
     opt = optax.sgd(1e-3)
-    state = train.init_train_state(jax.random.key(42), SIZES, opt)
+    state = _init(jax.random.key(42), opt)
     x = jnp.linspace(0.0, 1.0, 6 * SIZES[0]).reshape(6, SIZES[0])
     x_pos, x_neg = x, x[::-1]
-    state, m = train.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
-    losses, *_ = train.local_losses(train.params_of(state), x_pos, x_neg, thetas=THETAS)
+    state, m = epoch_lib.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
+    losses, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, thetas=THETAS)
     np.testing.assert_allclose(m.loss, [12.72972, 13.05376, 6.58952], rtol=1e-3)
     np.testing.assert_allclose(losses, [12.57737, 12.86305, 6.50036], rtol=1e-3)
 
@@ -88,12 +102,12 @@ def _toy_data(n=64, d=SIZES[0], c=4, seed=0):
 def test_epoch_traces_once_over_several_epochs():
     x, y = _toy_data()
     opt = optax.adam(1e-3)
-    kwargs = dict(batch_size=16, num_classes=4, thetas=THETAS)
-    counted = chex.assert_max_traces(train.make_train_epoch(opt, jit=False, **kwargs), n=1)
+    counted = chex.assert_max_traces(epoch_lib.make_train_epoch(PLAIN, opt, batch_size=16),
+                                     n=1)
     epoch = jax.jit(counted, donate_argnums=0)
-    real = train.make_train_epoch(opt, **kwargs)
-    s1 = train.init_train_state(jax.random.key(0), SIZES, opt)
-    s2 = train.init_train_state(jax.random.key(0), SIZES, opt)
+    real = _epoch(opt)
+    s1 = _init(jax.random.key(0), opt)
+    s2 = _init(jax.random.key(0), opt)
     data_key = jax.random.key(1)
     for e in range(4):
         s1, m1 = epoch(s1, x, y, jax.random.fold_in(data_key, e))
@@ -109,13 +123,13 @@ def test_same_seed_same_results_and_different_seed_differs():
 
     def run(seed):
         opt = optim.make_optimizer("adam", lr=1e-2, total_steps=12)
-        st = train.init_train_state(jax.random.key(seed), SIZES, opt)
-        ep = train.make_train_epoch(opt, batch_size=16, num_classes=4, thetas=THETAS)
+        st = _init(jax.random.key(seed), opt)
+        ep = _epoch(opt)
         out = []
         for e in range(3):
             st, m = ep(st, x, y, jax.random.fold_in(jax.random.key(seed + 100), e))
             out.append(np.asarray(m.layers.loss))
-        return np.stack(out), np.asarray(train.params_of(st)[0].w)
+        return np.stack(out), np.asarray(epoch_lib.params_of(st)[0].w)
 
     a, b, c = run(0), run(0), run(1)
     np.testing.assert_array_equal(a[0], b[0])
@@ -126,15 +140,15 @@ def test_same_seed_same_results_and_different_seed_differs():
 def test_epoch_rejects_batch_larger_than_data():
     x, y = _toy_data(n=8)
     opt = optax.sgd(0.1)
-    ep = train.make_train_epoch(opt, batch_size=16, num_classes=4, thetas=THETAS)
-    st = train.init_train_state(jax.random.key(0), SIZES, opt)
+    ep = _epoch(opt)
+    st = _init(jax.random.key(0), opt)
     with pytest.raises(ValueError, match="batch_size=16 is larger than the dataset"):
         ep(st, x, y, jax.random.key(1))
 
 
 def test_optimizer_count_mismatch_is_reported():
     with pytest.raises(ValueError, match="one per hidden layer"):
-        train.init_train_state(jax.random.key(0), SIZES, (optax.sgd(0.1),))
+        _init(jax.random.key(0), (optax.sgd(0.1),))
 
 
 def test_layer_learning_rates_scale_with_fan_in():

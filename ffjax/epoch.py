@@ -1,4 +1,5 @@
-"""Local FF training: per-layer optimizer states, one train step, one jitted on-device epoch."""
+"""Local FF training on the device: per-layer optimizer states, one minibatch step, one
+scanned epoch. The host loop around it is ffjax.driver."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from ffjax import labels, layers, objective, readout
-
-
-NEGATIVES = ("uniform", "hard", "all")
+from ffjax.spec import FFSpec
 
 
 class LayerState(NamedTuple):
@@ -70,33 +69,39 @@ def _per_layer(optimizer, n: int) -> tuple:
     return optimizers
 
 
-def init_train_state(key: jax.Array, sizes: Sequence[int], optimizer, *,
-                     readout_optimizer: optax.GradientTransformation | None = None,
-                     readout_layers: Sequence[int] | None = None,
-                     num_classes: int | None = None) -> TrainState:
-    """A fresh network of widths `sizes` ([D_in, H_1, ..., H_L]) and its optimizer states.
+def init_train_state(key: jax.Array, spec: FFSpec, num_inputs: int, optimizer,
+                     readout_optimizer: optax.GradientTransformation | None = None
+                     ) -> TrainState:
+    """A fresh network for `spec` on inputs of width `num_inputs`, and its optimizer states.
 
     Args:
       key: PRNG key for the weights (split into one key per layer).
-      sizes: input width, then hidden widths.
+      spec: the model (hidden widths, readout layers, classes).
+      num_inputs: D, the input width.
       optimizer: an optax.GradientTransformation used independently for every layer
         (each layer gets its own state), or a sequence of L of them.
-      readout_optimizer: when given, a softmax readout is trained too, with its own
-        state of this optimizer; it reads the layers `readout_layers` (default: all but
-        the first) and predicts `num_classes` classes.
+      readout_optimizer: the softmax readout's (its own state); needed exactly when
+        spec.trains_readout.
     """
-    net = layers.init_network(key, sizes)
+    _check_readout(spec, readout_optimizer)
+    net = layers.init_network(key, (int(num_inputs),) + spec.hidden)
     opts = _per_layer(optimizer, len(net))
     layer_states = tuple(
         LayerState(p, o.init(p), jnp.full((p.w.shape[1],), PEER_INIT, jnp.float32))
         for p, o in zip(net, opts))
     if readout_optimizer is None:
         return TrainState(layer_states, None)
-    if num_classes is None:
-        raise ValueError("num_classes is needed to build the softmax readout.")
-    chosen = layers.resolve_layer_selection(readout_layers, len(net), what="readout_layers")
-    rparams = readout.init_readout(sum(int(sizes[1 + i]) for i in chosen), num_classes)
+    rparams = readout.init_readout(spec.readout_width, spec.num_classes)
     return TrainState(layer_states, ReadoutState(rparams, readout_optimizer.init(rparams)))
+
+
+def _check_readout(spec: FFSpec, readout_optimizer) -> None:
+    if spec.trains_readout and readout_optimizer is None:
+        raise ValueError("this spec trains a softmax readout (readout=True or hard "
+                         "negatives): pass a readout_optimizer.")
+    if not spec.trains_readout and readout_optimizer is not None:
+        raise ValueError("a readout_optimizer was given but the spec trains no readout "
+                         "(readout=False with uniform or all negatives).")
 
 
 def params_of(state: TrainState) -> layers.Network:
@@ -226,64 +231,35 @@ def check_inputs(params: layers.Network, x_NxD, y_N=None) -> None:
                          f"got {jnp.shape(y_N)}.")
 
 
-def make_train_step(optimizer, *, num_classes: int, norm: str = "rms",
-                    label_strength: float = labels.DEFAULT_STRENGTH,
-                    negatives: str = "uniform", peer_strength: float = 0.0,
-                    peer_momentum: float = 0.9,
-                    objective_fn: objective.Objective = objective.logistic,
-                    loss_scale: float = 1.0,
-                    readout_optimizer: optax.GradientTransformation | None = None,
-                    readout_layers: Sequence[int] | None = None,
+def make_train_step(spec: FFSpec, optimizer,
+                    readout_optimizer: optax.GradientTransformation | None = None, *,
                     trainable: Sequence[int] | None = None, batch_sharding=None):
     """Builds `step(state, x_BxD, y_B, key, thetas, y_neg=None) -> (state, StepMetrics)`,
-    one minibatch of local training (not jitted; make_train_epoch scans it).
+    one minibatch of local training (pure; make_train_epoch scans it).
 
     The step runs the neutral-label pass (when a readout is trained), picks the
-    negative labels, updates every FF layer from its local loss and then the readout:
-    all three passes use the weights from before the update. `key` draws the
-    negatives; `y_neg` (B,) or (B * K,) grouped by positive, replaces them when given.
+    negative labels as spec.negatives says, updates every FF layer from its local loss
+    and then the readout: all three passes use the weights from before the update.
+    `key` draws the negatives; `y_neg` (B,) or (B * K,) grouped by positive, replaces
+    them when given. `thetas` holds one threshold per layer (spec.thetas, or traced
+    values for a sweep).
 
     Args:
+      spec: the model and its objective.
       optimizer: optax.GradientTransformation (or one per layer), as given to
-        init_train_state.
-      num_classes: C; labels are written into the first C features.
-      norm: "rms", "rms_ref" or "l2" (layers.normalize).
-      label_strength: value of the one-hot label features.
-      negatives: "uniform" (one wrong label per example, uniform over the C - 1),
-        "hard" (one wrong label drawn from the softmax readout's prediction with the
-        true label masked out; needs the readout), or "all" (all C - 1 wrong labels).
-      peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
-      peer_momentum: decay of the running mean activity used by peer normalization.
-      objective_fn: the per-layer objective (ffjax.objective; default the threshold
-        logistic).
-      loss_scale: multiplies the objective (0.5: the reference code's half-size step).
-      readout_optimizer: train a softmax readout with it (the state must have been
-        made by init_train_state with a readout_optimizer and the same readout_layers).
-      readout_layers: layers the readout reads (default: all but the first).
-      trainable: layers updated in this epoch (default: all, simultaneous training);
-        e.g. (k,) for phase k of greedy layer-by-layer training.
+        init_train_state; readout_optimizer likewise.
+      trainable: layers updated (default: all, simultaneous training); e.g. (k,) for
+        phase k of greedy layer-by-layer training.
       batch_sharding: a jax.sharding.Sharding for the minibatch rows (data
         parallelism, see ffjax.parallel): every minibatch is laid out with it and jit
         propagates the layout, so each device computes its slice of the batch and the
         gradients are summed across devices. None: wherever the inputs are.
     """
-    layers.check_norm(norm)
-    if int(num_classes) < 2:
-        raise ValueError(f"num_classes={num_classes} must be at least 2.")
-    if negatives not in NEGATIVES:
-        raise ValueError(f"negatives={negatives!r}: choose one of {NEGATIVES}.")
-    if negatives == "hard" and readout_optimizer is None:
-        raise ValueError("negatives='hard' samples from the softmax readout: pass a "
-                         "readout_optimizer (and build the state with one).")
-    if not peer_strength >= 0:
-        raise ValueError(f"peer_strength={peer_strength} must be >= 0.")
-    if not loss_scale > 0:
-        raise ValueError(f"loss_scale={loss_scale} must be positive.")
-    if not callable(objective_fn):
-        raise ValueError(f"objective_fn={objective_fn!r} must be a function (g_pos_LxB, "
-                         "g_neg_LxM, thetas_L) -> (L,) losses; see ffjax.objective.")
+    _check_readout(spec, readout_optimizer)
     if trainable is not None:
         trainable = tuple(sorted({int(i) for i in trainable}))
+    num_classes, strength, norm = spec.num_classes, spec.label_strength, spec.norm
+    objective_fn = spec.objective_fn()
 
     def place(a):
         return a if batch_sharding is None else jax.lax.with_sharding_constraint(
@@ -292,33 +268,29 @@ def make_train_step(optimizer, *, num_classes: int, norm: str = "rms",
     def step(st: TrainState, x_raw, y, key, thetas, y_neg=None):
         x = labels.to_float(place(x_raw))
         y = place(y)
-        read = st.readout is not None
+        read = readout_optimizer is not None
         if read:
-            params = params_of(st)
-            chosen = layers.resolve_layer_selection(readout_layers, len(params),
-                                                    what="readout_layers")
-            feats = readout.features(params, x, num_classes=num_classes,
-                                     readout_layers=chosen, label_strength=label_strength,
-                                     norm=norm)
+            feats = readout.features(params_of(st), x, num_classes=num_classes,
+                                     readout_layers=spec.readout_layer_ids,
+                                     label_strength=strength, norm=norm)
         x_neg_src = x
         if y_neg is not None:  # given by the caller
             y_neg = place(y_neg)
-        elif negatives == "uniform":
+        elif spec.negatives == "uniform":
             y_neg = labels.uniform_wrong_labels(key, y, num_classes=num_classes)
-        elif negatives == "hard":
+        elif spec.negatives == "hard":
             y_neg = labels.hard_wrong_labels(key, readout.logits(st.readout.params, feats), y)
         else:
             y_neg = labels.all_wrong_labels(y, num_classes=num_classes).reshape(-1)
         if y_neg.shape[0] != y.shape[0]:  # several negatives per positive, grouped
             x_neg_src = jnp.repeat(x, y_neg.shape[0] // y.shape[0], axis=0)
-        x_pos = labels.embed_label(x, y, num_classes=num_classes, strength=label_strength)
+        x_pos = labels.embed_label(x, y, num_classes=num_classes, strength=strength)
         x_neg = labels.embed_label(x_neg_src, y_neg, num_classes=num_classes,
-                                   strength=label_strength)
-        st, layer_metrics = train_step(st, x_pos, x_neg, optimizer=optimizer, thetas=thetas,
-                                       norm=norm, peer_strength=peer_strength,
-                                       peer_momentum=peer_momentum,
-                                       objective_fn=objective_fn, loss_scale=loss_scale,
-                                       trainable=trainable)
+                                   strength=strength)
+        st, layer_metrics = train_step(
+            st, x_pos, x_neg, optimizer=optimizer, thetas=thetas, norm=norm,
+            peer_strength=spec.peer_strength, peer_momentum=spec.peer_momentum,
+            objective_fn=objective_fn, loss_scale=spec.loss_scale, trainable=trainable)
         read_metrics = None
         if read:
             st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer)
@@ -327,38 +299,33 @@ def make_train_step(optimizer, *, num_classes: int, norm: str = "rms",
     return step
 
 
-def make_train_epoch(optimizer, *, batch_size: int, thetas: Sequence[float],
-                     jit: bool = True, **step_settings):
-    """Builds `epoch(state, x_NxD, y_N, key, thetas=None) -> (state, StepMetrics)`.
+def make_train_epoch(spec: FFSpec, optimizer,
+                     readout_optimizer: optax.GradientTransformation | None = None, *,
+                     batch_size: int, trainable: Sequence[int] | None = None,
+                     batch_sharding=None):
+    """Builds the pure `epoch(state, x_NxD, y_N, key, thetas=None) -> (state,
+    StepMetrics)`; jit it (donating the state) where it is called.
 
     One call is one pass over the data on the device: the examples are shuffled with
     `key`, split into N // batch_size minibatches (the remainder, different each epoch,
-    is skipped), and `lax.scan` runs make_train_step's step over them. Positives carry
-    their true label. The metrics are the means over the epoch's minibatches.
+    is skipped), and `lax.scan` runs make_train_step's step over them. The metrics are
+    the means over the epoch's minibatches. `thetas`, an (L,) array, replaces
+    spec.thetas, so thresholds can vary across a jax.vmap (a sweep in one program).
 
-    Args:
-      optimizer: optax.GradientTransformation (or one per layer), as given to
-        init_train_state.
-      batch_size: minibatch size B.
-      thetas: per-layer goodness thresholds (see objective.resolve_thetas). The epoch
-        also takes an (L,) array `thetas` argument that replaces them, so thresholds can
-        vary across a jax.vmap (a sweep over thresholds in one program).
-      jit: return the jitted function (state donated) or the pure Python one.
-      **step_settings: num_classes and the other settings of make_train_step.
+    Args: as make_train_step, plus batch_size, the minibatch size B.
     """
     if int(batch_size) <= 0:
         raise ValueError(f"batch_size={batch_size} must be a positive integer.")
-    readout_optimizer = step_settings.get("readout_optimizer")
-    step = make_train_step(optimizer, **step_settings)
-    default_thetas = tuple(float(t) for t in thetas)
+    step = make_train_step(spec, optimizer, readout_optimizer, trainable=trainable,
+                           batch_sharding=batch_sharding)
+    default_thetas = spec.thetas
 
     def epoch(state: TrainState, x_NxD: jax.Array, y_N: jax.Array, key: jax.Array,
               thetas=None):
         if (state.readout is None) != (readout_optimizer is None):
             raise ValueError(
                 "the training state and the epoch function disagree about the softmax "
-                "readout: pass the same readout_optimizer to init_train_state and "
-                "make_train_epoch (or to neither).")
+                "readout: build both from the same spec and readout_optimizer.")
         train_params = params_of(state)
         check_inputs(train_params, x_NxD, y_N)
         if len(default_thetas) != len(train_params):
@@ -389,4 +356,4 @@ def make_train_epoch(optimizer, *, batch_size: int, thetas: Sequence[float],
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
     epoch.step = step  # one minibatch: step(state, x_BxD, y_B, key, thetas, y_neg=None)
-    return jax.jit(epoch, donate_argnums=0) if jit else epoch
+    return epoch

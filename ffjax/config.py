@@ -1,0 +1,333 @@
+"""The command line's settings: the Config behind every flag, presets, parsing, checks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import sys
+import typing
+
+from ffjax import data, layers, objective, optim, record
+from ffjax.driver import SCHEDULES
+from ffjax.spec import NEGATIVES, FFSpec
+
+_SPEC, _OPT = FFSpec(), optim.OptimizerSpec()  # the library's defaults are the CLI's
+
+
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of one FF run. Every field is a command-line flag (--field-name)."""
+
+    dataset: str = _field("mnist", "dataset: mnist or fashion_mnist")
+    data_dir: typing.Optional[str] = _field(
+        None, f"folder holding mnist/ and fashion-mnist/ with the four IDX .gz files "
+              f"(default: ${data.DATA_DIR_ENV}, else fetched with tensorflow-datasets)")
+    epochs: int = _field(60, "passes over the training data")
+    hidden: typing.Tuple[int, ...] = _field(
+        _SPEC.hidden, "hidden layer widths, e.g. --hidden 2000 2000 2000 2000")
+    batch_size: int = _field(100, "minibatch size (positives; as many negatives)")
+    lr: float = _field(_OPT.lr, "peak learning rate (with --lr-scaling fan_in: of a layer "
+                                "with 1000 inputs)")
+    lr_scaling: str = _field(_OPT.lr_scaling, "fan_in: a layer with n inputs uses lr*1000/n "
+                                              "(use with adam); none: lr for every layer")
+    optimizer: str = _field(_OPT.name, "optimizer of every layer and of the readout: "
+                                       f"{', '.join(optim.OPTIMIZERS)}")
+    lr_decay: bool = _field(_OPT.lr_decay, "constant lr for half the run, then linear "
+                                           "decay to 0")
+    lr_gain_per_epoch: bool = _field(
+        _OPT.lr_gain_per_epoch, "with --lr-decay, set the decayed lr once per epoch (the "
+                                "reference code) rather than every minibatch")
+    weight_decay: float = _field(_OPT.weight_decay, "weight decay of the FF layers")
+    decoupled_weight_decay: bool = _field(
+        _OPT.decoupled_weight_decay, "apply the weight decay after the gradient smoothing "
+                                     "and to weights only, not biases (the reference code); "
+                                     "default: added to the gradient")
+    theta: typing.Optional[float] = _field(
+        _SPEC.theta, "goodness threshold on the sum of squares (default: each layer's width)")
+    norm: str = _field(_SPEC.norm, "length normalization before each layer: rms, rms_ref "
+                                   "(the reference code's epsilon, outside the root) or l2")
+    objective: str = _field(_SPEC.objective, "per-layer objective: "
+                                             f"{', '.join(objective.OBJECTIVES)}")
+    temperature: float = _field(_SPEC.temperature, "temperature of the logistic and "
+                                                   "collaborative objectives: p = "
+                                                   "sigmoid((G - theta) / T)")
+    symba_alpha: float = _field(_SPEC.symba_alpha, "alpha of the symba objective")
+    loss_scale: float = _field(_SPEC.loss_scale, "multiplies every layer's FF loss (0.5: the "
+                                                 "reference code's step, half the logistic "
+                                                 "gradient)")
+    label_strength: float = _field(_SPEC.label_strength, "value of the one-hot label written "
+                                                         "into the first C input features")
+    schedule: str = _field("simultaneous", "simultaneous: every layer on every minibatch; "
+                                           "greedy: layer by layer, epochs split equally")
+    negatives: str = _field(_SPEC.negatives, "negative labels: uniform (over the C-1 wrong "
+                                             "ones), hard (from the softmax readout, true "
+                                             "label masked; turns the readout on), all "
+                                             "(every wrong label)")
+    peer_strength: float = _field(_SPEC.peer_strength, "peer normalization strength (0 "
+                                                       "disables; the reference uses 0.03)")
+    readout: bool = _field(_SPEC.readout, "also train the one-pass softmax readout and "
+                                          "report it (always on with --negatives hard)")
+    readout_lr: float = _field(_OPT.readout_lr, "learning rate of the softmax readout (same "
+                                                "optimizer as the layers)")
+    readout_weight_decay: float = _field(_OPT.readout_weight_decay, "weight decay of the "
+                                                                    "softmax readout")
+    readout_bias: bool = _field(_OPT.readout_bias, "train the softmax readout's bias (the "
+                                                   "reference code keeps it at 0)")
+    readout_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
+        None, "0-based layers the softmax readout reads (default: all but the first)")
+    score_layers: typing.Optional[typing.Tuple[int, ...]] = _field(
+        None, "0-based layers whose goodness is summed at test time (default: all of "
+              "them, or all but the first with --no-score-first-layer)")
+    score_first_layer: bool = _field(
+        True, "with the default --score-layers, sum the first layer's goodness too (the "
+              "reference code, and --preset hinton, leave it out)")
+    validation_size: int = _field(
+        0, "hold out the last N training examples for validation; per-epoch evaluation "
+           "then uses them instead of the test set (choose hyperparameters on this)")
+    eval_every: int = _field(1, "evaluate every N epochs (0: only at the end)")
+    evaluate_test: typing.Optional[bool] = _field(
+        None, "score the test set at the end (default: only when no --validation-size "
+              "is given, so settings chosen on the validation split never see it)")
+    seed: int = _field(0, "random seed (initialization, shuffling, negative labels)")
+    seeds: int = _field(1, "train this many seeds at once in one compiled program (vmap) "
+                           "and report mean and std over them")
+    devices: typing.Optional[int] = _field(
+        None, "split every minibatch over the first N local devices (data parallelism; "
+              "default: all of them); --batch-size must divide by N")
+    coordinator: typing.Optional[str] = _field(
+        None, "multi-host runs: host:port of process 0 (jax.distributed.initialize); "
+              "give --num-processes and --process-id too")
+    num_processes: int = _field(1, "multi-host runs: number of processes")
+    process_id: int = _field(0, "multi-host runs: this process's index")
+    checkpoint_every: int = _field(
+        10, "save a checkpoint (orbax, <run dir>/checkpoints) every N epochs and at the "
+            "end (0: only at the end)")
+    resume: typing.Optional[str] = _field(
+        None, "continue the interrupted run in this run directory from its last "
+              "checkpoint, with its saved settings (only --data-dir and --devices may "
+              "be given too)")
+    out_dir: typing.Optional[str] = _field(
+        None, "run directory (default: runs/<dataset>-<date>-<time>)")
+    overwrite: bool = _field(False, "allow writing into a run directory that has files")
+    preset: typing.Optional[str] = _field(
+        None, "start from a named set of settings (flags given explicitly still win): "
+              "hinton = the reference recipe of the author's code")
+
+
+# Named settings. "hinton" is the reference recipe of the author's MATLAB code
+# (docs/recipe.md): 784-1000-1000-1000, RMS normalization with the epsilon outside the root,
+# label strength 1, theta = width, the logistic at half its gradient, peer normalization
+# 0.03, hard negatives from the softmax readout, smoothed SGD (lr 0.01, smoothing 0.9,
+# weight decay 0.001 after the smoothing and on weights only; readout lr 0.1, weight
+# decay 0.003, zero-initialized, bias never updated), a gain set once per epoch (1 for
+# half the run, then falling linearly), batch 100, both readouts skip the first layer.
+PRESETS = {
+    "hinton": dict(hidden=(1000, 1000, 1000), epochs=100, batch_size=100,
+                   optimizer="smoothed_sgd", lr=0.01, lr_scaling="none", lr_decay=True,
+                   lr_gain_per_epoch=True, weight_decay=0.001, decoupled_weight_decay=True,
+                   theta=None, norm="rms_ref", label_strength=1.0, objective="logistic",
+                   temperature=1.0, loss_scale=0.5, negatives="hard", peer_strength=0.03,
+                   readout=True, readout_lr=0.1, readout_weight_decay=0.003,
+                   readout_bias=False, readout_layers=None, score_layers=None,
+                   score_first_layer=False, schedule="simultaneous"),
+}
+
+
+class UsageError(ValueError):
+    """A bad setting or input, reported to the user as one line."""
+
+
+def _flag_type(hint):
+    """(argparse kwargs) for a field's type hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:  # Optional[X]
+        return _flag_type(next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        return {"type": args[0], "nargs": "+"}
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": hint}
+
+
+def make_parser(defaults: Config, description: str) -> argparse.ArgumentParser:
+    """Argument parser with one flag per Config field, defaults taken from `defaults`."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
+                            default=getattr(defaults, f.name), help=f.metadata["help"],
+                            **_flag_type(hints[f.name]))
+    return parser
+
+
+def apply_preset(cfg: Config, name: str | None) -> Config:
+    """cfg with the named preset's settings (None: unchanged)."""
+    if name is None:
+        return cfg
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return dataclasses.replace(cfg, preset=name, **PRESETS[name])
+
+
+RESUME_FLAGS = ("--resume", "--data-dir", "--devices")
+
+
+def _resumed_config(argv, run_dir: str, data_dir: str | None,
+                    devices: int | None) -> Config:
+    """The Config saved in run_dir/config.json, to continue that run."""
+    given = sorted({a.split("=")[0] for a in argv if a.startswith("--")} - set(RESUME_FLAGS))
+    if given:
+        raise UsageError(f"--resume continues a run with the settings saved in its "
+                         f"config.json; drop {', '.join(given)} (only --data-dir and "
+                         "--devices may change).")
+    saved = record.RunDir(run_dir).read_config()
+    try:
+        known = {f.name for f in dataclasses.fields(Config)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                  if k in known}
+        cfg = Config(**values)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--resume {run_dir}: its {record.CONFIG} is not a readable "
+                         f"ffjax config ({e}).") from None
+    return dataclasses.replace(cfg, resume=str(run_dir), out_dir=str(run_dir),
+                               data_dir=data_dir or cfg.data_dir, overwrite=False,
+                               devices=devices if devices is not None else cfg.devices)
+
+
+def parse_config(argv, defaults: Config, description: str = "") -> Config:
+    """Flags over (the preset's settings over) `defaults`; with --resume, the saved
+    settings of that run."""
+    return parse_config_with(argv, defaults, description)[0]
+
+
+def parse_config_with(argv, defaults: Config, description: str = "",
+                      extra: dict | None = None) -> tuple:
+    """parse_config plus `extra` flags ({dest: argparse kwargs}) that are not Config
+    fields: returns (Config, {dest: value})."""
+    extra = extra or {}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=defaults.preset)
+    pre.add_argument("--resume", default=None)
+    pre.add_argument("--data-dir", default=None)
+    pre.add_argument("--devices", type=int, default=None)
+    known = pre.parse_known_args(argv)[0]
+    if known.resume is not None and "-h" not in argv and "--help" not in argv:
+        if extra:
+            raise UsageError("--resume is not available here.")
+        return _resumed_config(argv, known.resume, known.data_dir, known.devices), {}
+    name = known.preset
+    defaults = apply_preset(defaults, name)
+    parser = make_parser(defaults, description)
+    for dest, kwargs in extra.items():
+        parser.add_argument("--" + dest.replace("_", "-"), dest=dest, **kwargs)
+    values = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in vars(parser.parse_args(argv)).items()}
+    extras = {k: values.pop(k) for k in extra}
+    return dataclasses.replace(defaults, **values), extras
+
+
+def check_config(cfg: Config) -> None:
+    """Rejects impossible settings before any data is loaded or anything compiled."""
+    def bad(msg):
+        raise UsageError(msg)
+
+    for f in dataclasses.fields(Config):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            bad(f"--{f.name.replace('_', '-')} {v}: must be a finite number.")
+    if cfg.epochs <= 0:
+        bad(f"--epochs {cfg.epochs}: must be a positive integer.")
+    if not cfg.label_strength > 0:
+        bad(f"--label-strength {cfg.label_strength}: must be positive (it is the value "
+            "of the one-hot label features).")
+    if cfg.devices is not None and cfg.devices < 1:
+        bad(f"--devices {cfg.devices}: must be >= 1.")
+    if cfg.num_processes < 1 or not 0 <= cfg.process_id < cfg.num_processes:
+        bad(f"--process-id {cfg.process_id} must be in [0, --num-processes "
+            f"{cfg.num_processes}).")
+    if cfg.num_processes > 1 and not cfg.coordinator:
+        bad("--num-processes > 1 needs --coordinator host:port (the address of process 0).")
+    if cfg.num_processes > 1 and not (cfg.out_dir or cfg.resume):
+        bad("multi-host runs need --out-dir: the same run directory for every process, on "
+            "storage they share (checkpoints are written there by all of them).")
+    if cfg.checkpoint_every < 0:
+        bad(f"--checkpoint-every {cfg.checkpoint_every}: must be >= 0.")
+    if not cfg.hidden or any(h <= 0 for h in cfg.hidden):
+        bad(f"--hidden {' '.join(map(str, cfg.hidden))}: widths must be positive integers.")
+    if cfg.batch_size <= 0:
+        bad(f"--batch-size {cfg.batch_size}: must be a positive integer.")
+    if not cfg.lr > 0:
+        bad(f"--lr {cfg.lr}: must be positive.")
+    if cfg.norm not in layers.NORMS:
+        bad(f"--norm {cfg.norm}: choose one of {', '.join(layers.NORMS)}.")
+    if cfg.theta is not None and not cfg.theta > 0:
+        bad(f"--theta {cfg.theta}: must be positive.")
+    if cfg.norm == "l2" and cfg.theta is None:
+        bad("--norm l2 gives every activity vector unit length, so the default threshold "
+            "(each layer's width, made for --norm rms) is out of reach and nothing is "
+            "learned (measured: chance accuracy). Give --theta (and retune --lr) with l2.")
+    if cfg.validation_size < 0:
+        bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
+    if cfg.seeds < 1:
+        bad(f"--seeds {cfg.seeds}: must be >= 1.")
+    if cfg.eval_every < 0:
+        bad(f"--eval-every {cfg.eval_every}: must be >= 0.")
+    if cfg.schedule not in SCHEDULES:
+        bad(f"--schedule {cfg.schedule}: choose one of {', '.join(SCHEDULES)}.")
+    if cfg.schedule == "greedy" and cfg.epochs < len(cfg.hidden):
+        bad(f"--schedule greedy trains one layer per phase: --epochs must be at least the "
+            f"number of layers ({len(cfg.hidden)}).")
+    if cfg.negatives not in NEGATIVES:
+        bad(f"--negatives {cfg.negatives}: choose one of {', '.join(NEGATIVES)}.")
+    if cfg.objective not in objective.OBJECTIVES:
+        bad(f"--objective {cfg.objective}: choose one of {', '.join(objective.OBJECTIVES)}.")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        bad(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}.")
+    try:
+        spec_of(cfg, 10)
+        optimizer_of(cfg)
+    except ValueError as e:  # the specs' own checks, phrased as flags
+        bad(re.sub(r"^(\w+)=(\S+) ", lambda m: f"--{m[1].replace('_', '-')} {m[2]}: ",
+                   str(e)))
+
+
+def score_layers(cfg: Config) -> tuple:
+    """The layers the goodness readout sums: --score-layers, else all of them (all but
+    the first with --no-score-first-layer, the reference code's choice). Summing
+    all layers beat skipping the first (the reference code's choice) on the validation
+    split in every setting measured (docs/recipe.md)."""
+    if cfg.score_layers is not None:
+        return tuple(sorted(set(cfg.score_layers)))
+    if cfg.score_first_layer or len(cfg.hidden) == 1:
+        return tuple(range(len(cfg.hidden)))
+    return tuple(range(1, len(cfg.hidden)))
+
+
+
+
+def spec_of(cfg: Config, num_classes: int) -> FFSpec:
+    """The model and objective that `cfg` describes, for `num_classes` classes."""
+    return FFSpec(
+        hidden=cfg.hidden, num_classes=num_classes, label_strength=cfg.label_strength,
+        norm=cfg.norm, theta=cfg.theta, objective=cfg.objective,
+        temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
+        loss_scale=cfg.loss_scale, negatives=cfg.negatives,
+        peer_strength=cfg.peer_strength, readout=cfg.readout,
+        readout_layers=cfg.readout_layers, score_layers=score_layers(cfg))
+
+
+def optimizer_of(cfg: Config) -> optim.OptimizerSpec:
+    """The optimizer settings of `cfg`."""
+    return optim.OptimizerSpec(
+        name=cfg.optimizer, lr=cfg.lr, lr_scaling=cfg.lr_scaling, lr_decay=cfg.lr_decay,
+        lr_gain_per_epoch=cfg.lr_gain_per_epoch, weight_decay=cfg.weight_decay,
+        decoupled_weight_decay=cfg.decoupled_weight_decay, readout_lr=cfg.readout_lr,
+        readout_weight_decay=cfg.readout_weight_decay, readout_bias=cfg.readout_bias)

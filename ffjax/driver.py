@@ -1,0 +1,355 @@
+"""The host loop: set up, place, compile the epoch once, run it epoch by epoch, time it.
+
+`fit` trains one model, or K seeds of it at once (jax.vmap over the training state);
+`fit_grid` trains a grid of seeds x thresholds x learning rates at once. Both build a
+Program (placed state, jitted state-donating epochs from ffjax.epoch) and run it through
+the same loop, run_program.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ffjax import data, epoch as epoch_lib, objective, optim, parallel
+from ffjax.spec import FFSpec
+
+SCHEDULES = ("simultaneous", "greedy")
+
+
+class EpochReport(NamedTuple):
+    """What one epoch produced: 0-based index, epoch means (numpy; with several models
+    every field has a leading model axis), seconds."""
+
+    epoch: int
+    metrics: epoch_lib.StepMetrics
+    seconds: float
+
+
+class FitResult(NamedTuple):
+    """The trained state (a leading model axis for seeds or a grid), one EpochReport per
+    epoch run, timings (compilation apart), the number of epochs completed (less than
+    asked when on_epoch stopped training) and the number of devices used."""
+
+    state: epoch_lib.TrainState
+    history: list
+    compile_seconds: float
+    train_seconds: float
+    epochs_completed: int
+    num_devices: int = 1
+
+
+class GridPoint(NamedTuple):
+    """One model of a grid: its seed, threshold for every layer (None: each layer's
+    width) and learning rate."""
+
+    seed: int
+    theta: float | None
+    lr: float
+
+
+class DivergedError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the state of that epoch is discarded."""
+
+    def __init__(self, epoch: int, layer: int | None, seed: int | None, value: float):
+        self.epoch, self.layer, self.seed, self.value = epoch, layer, seed, value
+        where = f"layer {layer + 1}'s FF loss" if layer is not None else "the readout's loss"
+        seed_txt = f" (seed {seed})" if seed is not None else ""
+        super().__init__(
+            f"training diverged: {where}{seed_txt} was {value} in epoch {epoch + 1}. "
+            "Lower the learning rate (--lr) or the goodness threshold (--theta), or use "
+            "the default optimizer.")
+
+
+def check_finite(report: EpochReport) -> None:
+    """Raises DivergedError naming the first layer (and seed) whose epoch loss is NaN/Inf."""
+    loss = np.asarray(report.metrics.layers.loss)  # (L,) or (K, L) with K models
+    bad = np.argwhere(~np.isfinite(np.atleast_2d(loss)))
+    if bad.size:
+        seed, layer = (int(i) for i in bad[0])
+        raise DivergedError(report.epoch, layer, seed if loss.ndim == 2 else None,
+                            float(np.atleast_2d(loss)[seed, layer]))
+    if report.metrics.readout is not None:
+        ro = np.atleast_1d(np.asarray(report.metrics.readout.loss))
+        if not np.all(np.isfinite(ro)):
+            seed = int(np.argwhere(~np.isfinite(ro))[0][0])
+            raise DivergedError(report.epoch, None, seed if ro.size > 1 else None,
+                                float(ro[seed]))
+
+
+def phase_plan(schedule: str, epochs: int, num_layers: int) -> list:
+    """[(trainable layers or None for all, epochs)] for a training schedule."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES}.")
+    if schedule == "simultaneous":
+        return [(None, int(epochs))]
+    if epochs < num_layers:
+        raise ValueError(f"greedy training of {num_layers} layers needs at least "
+                         f"{num_layers} epochs (one phase per layer); got {epochs}.")
+    per = int(epochs) // num_layers
+    return [((k,), per if k < num_layers - 1 else int(epochs) - per * (num_layers - 1))
+            for k in range(num_layers)]
+
+
+def make_grid(seeds: Sequence[int], thetas: Sequence[float | None],
+              lrs: Sequence[float]) -> list:
+    """Every combination, seeds varying fastest."""
+    for t in thetas:
+        if t is not None and not (np.isfinite(t) and t > 0):
+            raise ValueError(f"threshold {t} must be a positive finite number.")
+    for lr in lrs:
+        if not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate {lr} must be a positive finite number.")
+    return [GridPoint(int(s), None if t is None else float(t), float(lr))
+            for t, lr, s in itertools.product(thetas, lrs, seeds)]
+
+
+def model_state(state: epoch_lib.TrainState, k: int) -> epoch_lib.TrainState:
+    """Model k's state out of a state with a leading model axis, on the default device."""
+    return jax.device_put(jax.tree.map(lambda a: np.asarray(a[k]), state))
+
+
+def _check_data(x_NxD, y_N, spec: FFSpec, epochs: int, batch_size: int) -> None:
+    data.check_arrays(x_NxD, y_N, num_classes=spec.num_classes, what="training data")
+    if int(epochs) <= 0:
+        raise ValueError(f"epochs={epochs} must be a positive integer.")
+    if not 0 < int(batch_size) <= len(y_N):
+        raise ValueError(f"batch_size={batch_size} must be in [1, {len(y_N)}] (the number "
+                         "of training examples).")
+
+
+class Program(NamedTuple):
+    """A training program ready to run (make_program, make_grid_program): the placed
+    initial state and data key(s), one jitted, state-donating epoch per phase with the
+    phases' lengths, the placed data, whether there is a leading model axis, extra
+    epoch arguments (a grid's thresholds), the device count, and whether a NaN loss
+    stops training."""
+
+    state: epoch_lib.TrainState
+    data_key: jax.Array
+    epochs: tuple
+    phases: tuple
+    x: jax.Array
+    y: jax.Array
+    many: bool
+    extra: tuple = ()
+    num_devices: int = 1
+    check: bool = True
+
+    def epoch_key(self, e: int) -> jax.Array:
+        """Epoch e's key(s): the data key folded with e, so any epoch can be redone."""
+        if self.many:
+            return jax.vmap(jax.random.fold_in, in_axes=(0, None))(self.data_key, e)
+        return jax.random.fold_in(self.data_key, e)
+
+
+def run_program(program: Program, *, on_epoch=None, start_epoch: int = 0) -> FitResult:
+    """The loop shared by fit and fit_grid: compiles each phase's epoch once, then runs
+    epochs start_epoch.. (epoch e with program.epoch_key(e), so a resumed run repeats
+    the uninterrupted one), checks the loss, reports each epoch to on_epoch."""
+    p = program
+    compiled, compile_seconds = [], 0.0
+    for fn in p.epochs:  # one compiled epoch per phase (one in all, unless greedy)
+        t0 = time.perf_counter()
+        compiled.append(fn.lower(p.state, p.x, p.y, p.epoch_key(0), *p.extra).compile())
+        compile_seconds += time.perf_counter() - t0
+    per_epoch = [fn for fn, n in zip(compiled, p.phases) for _ in range(n)]
+    state, history, train_seconds, done = p.state, [], 0.0, int(start_epoch)
+    for e in range(int(start_epoch), len(per_epoch)):
+        t0 = time.perf_counter()
+        state, metrics = per_epoch[e](state, p.x, p.y, p.epoch_key(e), *p.extra)
+        metrics = jax.tree.map(np.asarray, jax.device_get(metrics))  # the epoch's one sync
+        report = EpochReport(e, metrics, time.perf_counter() - t0)
+        train_seconds += report.seconds
+        if p.check:
+            check_finite(report)
+        history.append(report)
+        done = e + 1
+        if on_epoch is not None and on_epoch(report, state):
+            break
+    return FitResult(state, history, compile_seconds, train_seconds, done, p.num_devices)
+
+
+def _layer_optimizers(optimizer, sizes, steps_per_epoch, epochs):
+    if isinstance(optimizer, optim.OptimizerSpec):
+        return optimizer.layer_optimizers(sizes, steps_per_epoch=steps_per_epoch,
+                                          epochs=epochs)
+    return optimizer
+
+
+def fit(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
+        batch_size: int = 100, optimizer=optim.OptimizerSpec(),
+        readout_optimizer: optax.GradientTransformation | None = None,
+        num_seeds: int | None = None, schedule: str = "simultaneous",
+        on_epoch: Callable[[EpochReport, epoch_lib.TrainState], bool | None] | None = None,
+        resume_from: Callable | None = None, start_epoch: int = 0,
+        devices=None) -> FitResult:
+    """Trains the FF model `spec` on (x, y) with every layer learning locally:
+    run_program(make_program(...)).
+
+    Args:
+      key: PRNG key; split into the initialization key and the data key (shuffling and
+        negative labels, folded with the epoch index).
+      x_NxD: (N, D) uint8 pixels or float features. y_N: (N,) int labels in [0, C).
+      spec: the model and its objective (FFSpec; spec.hidden are the hidden widths).
+      epochs: passes over the data.
+      batch_size: minibatch size.
+      optimizer: an optim.OptimizerSpec (default: the experiments' smoothed SGD), or an
+        optax.GradientTransformation (or one per layer) with readout_optimizer.
+      num_seeds: train this many independent runs at once in one compiled program
+        (jax.vmap over the training state and the keys). Run i is exactly the run
+        fit(jax.random.split(key, num_seeds)[i], ...) would do; the state and every
+        metric then have a leading axis of size num_seeds (model_state(state, i)).
+      schedule: "simultaneous" (every layer on every minibatch, the reference) or
+        "greedy" (layer k alone is trained during the k-th of L equal phases of the
+        epochs, the last phase taking the remainder; the readout trains throughout).
+      on_epoch: called after every epoch with its EpochReport and the new state; when it
+        returns True, training stops after that epoch (FitResult.epochs_completed).
+      resume_from: continue an interrupted run: called with a freshly initialized state
+        (a template of the structure, shapes and dtypes) and returns the saved state
+        after `start_epoch` epochs (e.g. Checkpoints.restore). The run then ends in
+        exactly the state of the uninterrupted run on the same platform.
+      devices: data parallelism over these devices (a list, or a count of the first
+        jax.devices()): every minibatch is split across them (ffjax.parallel);
+        batch_size must divide by their number.
+
+    Raises:
+      ValueError: bad arguments, before anything is compiled.
+      DivergedError: an epoch's loss was NaN or infinite (checked after every epoch; the
+        state of that epoch is not passed to on_epoch).
+    """
+    if not 0 <= int(start_epoch) <= int(epochs):
+        raise ValueError(f"start_epoch={start_epoch} must be in [0, epochs={epochs}].")
+    if int(start_epoch) and resume_from is None:
+        raise ValueError("start_epoch > 0 needs resume_from (the state to continue from).")
+    program = make_program(key, x_NxD, y_N, spec, epochs=epochs, batch_size=batch_size,
+                           optimizer=optimizer, readout_optimizer=readout_optimizer,
+                           num_seeds=num_seeds, schedule=schedule, devices=devices,
+                           resume_from=resume_from)
+    return run_program(program, on_epoch=on_epoch, start_epoch=start_epoch)
+
+
+def make_program(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
+                 batch_size: int = 100, optimizer=optim.OptimizerSpec(),
+                 readout_optimizer: optax.GradientTransformation | None = None,
+                 num_seeds: int | None = None, schedule: str = "simultaneous",
+                 devices=None, resume_from: Callable | None = None) -> Program:
+    """fit's program, built but not run (arguments as in fit): for callers that drive
+    or time the epochs themselves, e.g. the benchmarks."""
+    _check_data(x_NxD, y_N, spec, epochs, batch_size)
+    phases = phase_plan(schedule, epochs, spec.num_layers)
+    if num_seeds is not None and int(num_seeds) <= 0:
+        raise ValueError(f"num_seeds={num_seeds} must be a positive integer (or None).")
+    sizes = (int(x_NxD.shape[1]),) + spec.hidden
+    steps = len(y_N) // int(batch_size)
+    # A layer's schedule spans the epochs in which it trains.
+    opt = _layer_optimizers(optimizer, sizes, steps, max(n for _, n in phases))
+    if isinstance(optimizer, optim.OptimizerSpec) and spec.trains_readout:
+        readout_optimizer = optimizer.readout_optimizer(steps_per_epoch=steps, epochs=epochs)
+    mesh = None
+    if devices is not None:
+        devices = parallel.select_devices(devices) if isinstance(devices, int) else devices
+        if len(devices) > 1:
+            parallel.check_batch_divides(batch_size, len(devices))
+            mesh = parallel.data_mesh(devices)
+
+    def setup(k):
+        init_key, data_key = jax.random.split(k)
+        return epoch_lib.init_train_state(init_key, spec, sizes[0], opt,
+                                          readout_optimizer), data_key
+
+    many = num_seeds is not None
+    state, data_key = (jax.vmap(setup)(jax.random.split(key, int(num_seeds))) if many
+                       else setup(key))
+    if resume_from is not None:
+        state = resume_from(state)
+    if mesh is None:
+        x, y = jax.device_put(x_NxD), jax.device_put(y_N)
+    else:
+        state, data_key, x, y = parallel.replicate((state, data_key, x_NxD, y_N), mesh)
+
+    def jitted_epoch(trainable):
+        fn = epoch_lib.make_train_epoch(
+            spec, opt, readout_optimizer, batch_size=batch_size, trainable=trainable,
+            batch_sharding=None if mesh is None else parallel.batch_sharding(mesh))
+        return jax.jit(jax.vmap(fn, in_axes=(0, None, None, 0)) if many else fn,
+                       donate_argnums=0)
+
+    return Program(state, data_key, tuple(jitted_epoch(t) for t, _ in phases),
+                   tuple(n for _, n in phases), x, y, many,
+                   num_devices=1 if mesh is None else mesh.size)
+
+
+def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, spec: FFSpec = FFSpec(), *,
+             epochs: int, batch_size: int = 100,
+             optimizer: optim.OptimizerSpec = optim.OptimizerSpec(), devices=None,
+             on_epoch: Callable[[EpochReport, epoch_lib.TrainState], None] | None = None
+             ) -> FitResult:
+    """run_program(make_grid_program(...)): see make_grid_program."""
+    program = make_grid_program(points, x_NxD, y_N, spec, epochs=epochs,
+                                batch_size=batch_size, optimizer=optimizer, devices=devices)
+    return run_program(program, on_epoch=on_epoch)
+
+
+def make_grid_program(points: Sequence[GridPoint], x_NxD, y_N, spec: FFSpec = FFSpec(), *,
+                      epochs: int, batch_size: int = 100,
+                      optimizer: optim.OptimizerSpec = optim.OptimizerSpec(),
+                      devices=None) -> Program:
+    """Trains every grid point at once: point k is the run `fit` would do with key
+    jax.random.key(seed_k), threshold theta_k for every layer (None: each layer's
+    width) and learning rate lr_k. The learning rate lives in each model's optimizer
+    state (optim.with_lr) and the thresholds are an argument of the epoch, so one
+    compiled epoch trains every point. A diverged point does not stop the others (its
+    losses are NaN in the history).
+
+    Args:
+      points: the grid (make_grid).
+      optimizer: every point's optimizer settings, with the point's lr.
+      devices: split the grid over these devices (or the first N; default all): the
+        largest count that divides the number of points is used.
+      Others: as in fit.
+    """
+    _check_data(x_NxD, y_N, spec, epochs, batch_size)
+    if not points:
+        raise ValueError("the grid is empty.")
+    sizes = (int(x_NxD.shape[1]),) + spec.hidden
+    steps = len(y_N) // int(batch_size)
+    relative = optimizer.layer_optimizers(sizes, steps_per_epoch=steps, epochs=epochs,
+                                          lr=1.0)
+    ro = (optimizer.readout_optimizer(steps_per_epoch=steps, epochs=epochs)
+          if spec.trains_readout else None)
+
+    def layer_optimizers(lr):
+        return tuple(optim.with_lr(o, lr) for o in relative)
+
+    def setup(key, lr):
+        init_key, data_key = jax.random.split(key)
+        return epoch_lib.init_train_state(init_key, spec, sizes[0], layer_optimizers(lr),
+                                          ro), data_key
+
+    keys = jax.vmap(jax.random.key)(jnp.asarray([p.seed for p in points], jnp.uint32))
+    lrs = jnp.asarray([p.lr for p in points], jnp.float32)
+    thetas = jnp.asarray([objective.resolve_thetas(p.theta, spec.hidden) for p in points],
+                         jnp.float32)
+    state, data_keys = jax.vmap(setup)(keys, lrs)
+    # Every layer's optimizer state holds the same lrs array: give each leaf its own
+    # buffer, since the epoch donates the state.
+    state = jax.tree.map(jnp.copy, state)
+    fn = epoch_lib.make_train_epoch(spec, layer_optimizers(1.0), ro, batch_size=batch_size)
+    grid_epoch = jax.jit(jax.vmap(fn, in_axes=(0, None, None, 0, 0)), donate_argnums=0)
+
+    devices = parallel.select_devices(devices) if not isinstance(devices, list) else devices
+    mesh = parallel.model_mesh(devices, len(points))
+    if mesh.size > 1:
+        state, data_keys, thetas = parallel.shard_models((state, data_keys, thetas), mesh)
+        x, y = parallel.replicate((x_NxD, y_N), mesh)
+    else:
+        x, y = jax.device_put(x_NxD), jax.device_put(y_N)
+    return Program(state, data_keys, (grid_epoch,), (int(epochs),), x, y, many=True,
+                   extra=(thetas,), num_devices=mesh.size, check=False)

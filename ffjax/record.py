@@ -1,0 +1,154 @@
+"""The run record: one run directory's config, metrics, results, plots and provenance."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+
+from ffjax import checkpoint, plots
+
+CONFIG, METRICS, RESULTS = "config.json", "metrics.jsonl", "results.json"
+
+
+class RecordError(ValueError):
+    """A run directory that cannot be used as asked (holds another run, is a file, ...)."""
+
+
+def device_description() -> str:
+    """The device the run computes on, e.g. "cpu (x86_64, 2 cores)", "gpu (H100) x1"."""
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"{d.platform} ({d.device_kind}) x{jax.device_count()}"
+
+
+def device_slug() -> str:
+    """device_description() as a file-name part, e.g. cpu-x86-64-2-cores."""
+    return re.sub(r"[^a-z0-9]+", "-", device_description().lower()).strip("-")
+
+
+def _main_module() -> str | None:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec and spec.name else None
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it."""
+    module = _main_module()
+    head = f"python -m {module}" if module else f"python {sys.argv[0]}"
+    return " ".join([head] + sys.argv[1:])
+
+
+def provenance() -> dict:
+    """Where and how a result was measured: device, JAX version, date, command."""
+    return {"device": device_description(), "jax_version": jax.__version__,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": command_line()}
+
+
+def write_json(path, obj) -> Path:
+    """Writes obj as indented JSON, creating the parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2))
+    return path
+
+
+class RunDir:
+    """One run's directory. With several processes only the primary one writes files
+    (all of them take part in checkpoints, which ffjax.checkpoint handles)."""
+
+    def __init__(self, path, *, primary: bool = True):
+        self.path = Path(path)
+        self.primary = primary
+        self._metrics = None
+
+    @classmethod
+    def create(cls, path=None, *, name: str = "run", overwrite: bool = False,
+               primary: bool = True) -> "RunDir":
+        """A new run directory: `path`, or runs/<name>-<date>-<time>. One that already
+        holds files is refused unless overwrite (then its old checkpoints are removed,
+        so they are never resumed as this run's)."""
+        if path is None:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = Path("runs") / f"{name}-{stamp}"
+        path = Path(path)
+        if not primary:
+            return cls(path, primary=False)
+        if path.exists() and not path.is_dir():
+            raise RecordError(f"--out-dir {path} exists and is not a directory.")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise RecordError(f"run directory {path} already holds files; choose another "
+                              "--out-dir or pass --overwrite to write into it.")
+        path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            shutil.rmtree(path / checkpoint.SUBDIR, ignore_errors=True)
+        return cls(path)
+
+    def write_config(self, config: dict) -> None:
+        if self.primary:
+            write_json(self.path / CONFIG, config)
+
+    def read_config(self) -> dict:
+        """The saved config.json; RecordError when there is none or it is unreadable."""
+        path = self.path / CONFIG
+        if not path.is_file():
+            raise RecordError(f"--resume {self.path}: no run there ({path} does not "
+                              "exist). Give the run directory of the run to continue.")
+        try:
+            return json.loads(path.read_text())
+        except ValueError as e:
+            raise RecordError(f"--resume {self.path}: {path} is not readable JSON "
+                              f"({e}).") from None
+
+    def has_results(self) -> bool:
+        return (self.path / RESULTS).exists()
+
+    def open_metrics(self, keep_through_epoch: int = 0) -> list:
+        """Starts metrics.jsonl: the rows of epochs <= keep_through_epoch already there
+        are kept (a resumed run redoes the later ones) and returned; later rows go
+        through log()."""
+        path = self.path / METRICS
+        kept = []
+        if keep_through_epoch and path.exists():
+            kept = [r for r in map(json.loads, path.read_text().splitlines())
+                    if r["epoch"] <= keep_through_epoch]
+        self._metrics = open(path if self.primary else os.devnull, "w")
+        for row in kept:
+            self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        return kept
+
+    def log(self, row: dict) -> None:
+        """Appends one epoch's row to metrics.jsonl (flushed at once)."""
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    def write_results(self, results: dict) -> None:
+        if self.primary:
+            write_json(self.path / RESULTS, results)
+
+    def write_plots(self, rows: list, images, labels, predicted, class_names) -> None:
+        """loss.png (per-layer loss), accuracy.png (per epoch), predictions.png."""
+        if not self.primary:
+            return
+        plots.plot_layer_losses(rows, self.path / "loss.png")
+        plots.plot_accuracy(rows, self.path / "accuracy.png")
+        plots.plot_predictions(images, labels, predicted, class_names,
+                               self.path / "predictions.png")
+
+    def resume_command(self) -> str:
+        return f"python -m {_main_module() or 'experiments.mnist'} --resume {self.path}"
