@@ -71,6 +71,10 @@ class Config:
                                              "(every wrong label)")
     peer_strength: float = _field(_SPEC.peer_strength, "peer normalization strength (0 "
                                                        "disables; the reference uses 0.03)")
+    input_noise: float = _field(_SPEC.input_noise, "std of Gaussian noise added to the "
+                                                   "[0, 1]-scaled training inputs (0: none)")
+    readout_label_smoothing: float = _field(_SPEC.readout_label_smoothing, "label smoothing "
+                                            "of the softmax readout's training targets")
     readout: bool = _field(_SPEC.readout, "also train the one-pass softmax readout and "
                                           "report it (always on with --negatives hard)")
     readout_lr: float = _field(_OPT.readout_lr, "learning rate of the softmax readout (same "
@@ -320,7 +324,8 @@ def spec_of(cfg: Config, num_classes: int) -> FFSpec:
         norm=cfg.norm, theta=cfg.theta, objective=cfg.objective,
         temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
         loss_scale=cfg.loss_scale, negatives=cfg.negatives,
-        peer_strength=cfg.peer_strength, readout=cfg.readout,
+        peer_strength=cfg.peer_strength, input_noise=cfg.input_noise, readout=cfg.readout,
+        readout_label_smoothing=cfg.readout_label_smoothing,
         readout_layers=cfg.readout_layers, score_layers=score_layers(cfg))
 
 

@@ -200,17 +200,23 @@ def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
 
 
 def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, *,
-                 readout_optimizer: optax.GradientTransformation):
-    """One update of the softmax readout on features it cannot send gradient through.
-    Returns (state, ReadoutMetrics) measured before the update."""
+                 readout_optimizer: optax.GradientTransformation,
+                 label_smoothing: float = 0.0):
+    """One update of the softmax readout on features it cannot send gradient through,
+    its targets smoothed by `label_smoothing`. Returns (state, ReadoutMetrics) measured
+    before the update (the cross-entropy against the hard labels)."""
     rs = state.readout
 
     def loss_fn(rp):
         lg = readout.logits(rp, feats_BxF)
         correct = (jnp.argmax(lg, -1) == y_B).astype(jnp.float32)
-        return readout.cross_entropy(lg, y_B), jnp.mean(correct)
+        ce = readout.cross_entropy(lg, y_B)
+        if not label_smoothing:
+            return ce, (ce, jnp.mean(correct))
+        targets = optax.smooth_labels(jax.nn.one_hot(y_B, lg.shape[-1]), label_smoothing)
+        return jnp.mean(optax.softmax_cross_entropy(lg, targets)), (ce, jnp.mean(correct))
 
-    (ce, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(rs.params)
+    (_, (ce, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(rs.params)
     updates, opt_state = readout_optimizer.update(g, rs.opt_state, rs.params)
     new = ReadoutState(optax.apply_updates(rs.params, updates), opt_state)
     return state._replace(readout=new), ReadoutMetrics(ce, acc)
@@ -268,6 +274,9 @@ def make_train_step(spec: FFSpec, optimizer,
     def step(st: TrainState, x_raw, y, key, thetas, y_neg=None):
         x = labels.to_float(place(x_raw))
         y = place(y)
+        if spec.input_noise:  # the same noisy image for every pass of this minibatch
+            key, noise_key = jax.random.split(key)
+            x = x + spec.input_noise * jax.random.normal(noise_key, x.shape, x.dtype)
         read = readout_optimizer is not None
         if read:
             feats = readout.features(params_of(st), x, num_classes=num_classes,
@@ -293,7 +302,8 @@ def make_train_step(spec: FFSpec, optimizer,
             objective_fn=objective_fn, loss_scale=spec.loss_scale, trainable=trainable)
         read_metrics = None
         if read:
-            st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer)
+            st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer,
+                                            label_smoothing=spec.readout_label_smoothing)
         return st, StepMetrics(layer_metrics, read_metrics)
 
     return step

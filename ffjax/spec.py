@@ -53,7 +53,10 @@ class FFSpec:
       negatives: "uniform", "hard" (from the softmax readout; trains it) or "all".
       peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
       peer_momentum: decay of the running mean activity used by peer normalization.
+      input_noise: std of Gaussian noise added to the [0, 1]-scaled training inputs (a
+        permutation-invariant regularizer; 0 disables; never at test time).
       readout: train the one-pass softmax readout (always with hard negatives).
+      readout_label_smoothing: label smoothing of the readout's training targets.
       readout_layers: layers the softmax readout reads (None: all but the first).
       score_layers: layers whose goodness the C-label readout sums (None: all).
     """
@@ -70,7 +73,9 @@ class FFSpec:
     negatives: str = "hard"
     peer_strength: float = 0.03
     peer_momentum: float = 0.9
+    input_noise: float = 0.0
     readout: bool = True
+    readout_label_smoothing: float = 0.0
     readout_layers: tuple | None = None
     score_layers: tuple | None = None
 
@@ -84,13 +89,18 @@ class FFSpec:
             set_("theta", tuple(float(t) for t in self.theta))
         objective.resolve_thetas(self.theta, hidden)  # checks count and sign
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale",
-                     "peer_strength", "peer_momentum"):
+                     "peer_strength", "peer_momentum", "input_noise",
+                     "readout_label_smoothing"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
                 raise ValueError(f"{name}={v!r} must be a finite number.")
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
+        if self.input_noise < 0 or not 0 <= self.readout_label_smoothing < 1:
+            raise ValueError(f"input_noise={self.input_noise} must be >= 0 and "
+                             f"readout_label_smoothing={self.readout_label_smoothing} in "
+                             "[0, 1).")
         if self.peer_strength < 0 or not 0 <= self.peer_momentum < 1:
             raise ValueError(f"peer_strength={self.peer_strength} must be >= 0 and "
                              f"peer_momentum={self.peer_momentum} in [0, 1).")

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from ffjax import config, driver, epoch, inference, labels, layers, objective, readout
 from ffjax.spec import FFSpec
@@ -195,3 +196,29 @@ def test_greedy_schedule_trains_one_layer_per_phase():
             same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before[k]),
                                                             jax.tree.leaves(snapshots[phase][k])))
             assert same == (k != phase), (phase, k)
+
+
+def test_input_noise_and_readout_smoothing_act_in_training_only():
+    """Noise changes training (deterministically per key) and nothing else; label
+    smoothing changes the readout's update but its reported loss stays the hard CE."""
+    x, y = _toy(32)
+    opt, ro = optax.sgd(0.05), optax.sgd(0.5)
+    base = FFSpec(hidden=SIZES[1:], num_classes=C)
+
+    def one_step(spec):
+        st = epoch.init_train_state(jax.random.key(0), spec, SIZES[0], opt, ro)
+        step = jax.jit(epoch.make_train_step(spec, opt, ro))
+        return step(st, x, y, jax.random.key(5), spec.thetas)
+
+    (clean, m0), (noisy, _), (noisy2, _) = (one_step(base), one_step(
+        dataclasses.replace(base, input_noise=0.1)), one_step(
+        dataclasses.replace(base, input_noise=0.1)))
+    w = lambda st: np.asarray(st.layers[0].params.w)  # noqa: E731
+    assert not np.allclose(w(clean), w(noisy))
+    np.testing.assert_array_equal(w(noisy), w(noisy2))
+    smooth, m1 = one_step(dataclasses.replace(base, readout_label_smoothing=0.2))
+    np.testing.assert_array_equal(w(clean), w(smooth))  # the FF layers do not see it
+    assert not np.allclose(clean.readout.params.w, smooth.readout.params.w)
+    np.testing.assert_allclose(m0.readout.loss, m1.readout.loss, rtol=1e-6)
+    with pytest.raises(ValueError, match="input_noise=-0.1"):
+        FFSpec(input_noise=-0.1)
