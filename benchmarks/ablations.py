@@ -60,6 +60,13 @@ ROWS += [
     ("recipe: objective", "collaborative, defaults", [*SCREEN, "--objective",
                                                       "collaborative"]),
 ]
+# The same FF-step question on the paper's network, where deep layers struggled.
+WIDE = ["--hidden", "2000", "2000", "2000", "2000", "--epochs", "6"]
+ROWS += [
+    ("recipe: FF step, 4 x 2000", "the reference update (--preset hinton)",
+     ["--preset", "hinton", *WIDE]),
+    ("recipe: FF step, 4 x 2000", "defaults (full step, label 2, coupled decay)", WIDE),
+]
 
 
 def main(argv=None):
