@@ -110,7 +110,8 @@ def params_of(state: TrainState) -> layers.Network:
 
 
 def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
-                 thetas: Sequence[float], norm: str = "rms", peer_means=None,
+                 thetas: Sequence[float], norm: str = layers.DEFAULT_NORM,
+                 peer_means=None,
                  peer_strength: float = 0.0, peer_momentum: float = 0.9,
                  objective_fn: objective.Objective = objective.logistic,
                  loss_scale: float = 1.0):
@@ -166,7 +167,7 @@ def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Ar
 
 
 def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
-               optimizer, thetas: Sequence[float], norm: str = "rms",
+               optimizer, thetas: Sequence[float], norm: str = layers.DEFAULT_NORM,
                peer_strength: float = 0.0, peer_momentum: float = 0.9,
                objective_fn: objective.Objective = objective.logistic,
                loss_scale: float = 1.0, trainable: Sequence[int] | None = None):

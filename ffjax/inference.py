@@ -15,7 +15,7 @@ from ffjax.spec import FFSpec
 
 def layer_goodness(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
                    label_strength: float = labels.DEFAULT_STRENGTH,
-                   norm: str = "rms") -> jax.Array:
+                   norm: str = layers.DEFAULT_NORM) -> jax.Array:
     """Goodness of every layer for every candidate label, vmapped over the labels.
 
     Args:

@@ -143,9 +143,10 @@ def with_lr(optimizer: optax.GradientTransformation, lr) -> optax.GradientTransf
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
     """How the FF layers and the softmax readout are optimized (each layer and the
-    readout get their own state). The defaults are the command line's: the reference
-    code's smoothed SGD, lr 0.01, weight decay 0.001; readout lr 0.1, decay 0.003; lr
-    constant for half the run, then decayed linearly to 0.
+    readout get their own state). The defaults are the command line's, the reference
+    code's: smoothed SGD, lr 0.01, weight decay 0.001 after the smoothing and on weights
+    only; readout lr 0.1, decay 0.003, bias kept at 0; a gain set once per epoch, 1 for
+    half the run, then falling linearly towards 0.
 
     Attributes:
       name: "smoothed_sgd", "sgd" or "adam" (make_optimizer), layers and readout alike.
@@ -164,13 +165,13 @@ class OptimizerSpec:
     lr: float = 0.01
     lr_scaling: str = "none"
     lr_decay: bool = True
-    lr_gain_per_epoch: bool = False
+    lr_gain_per_epoch: bool = True
     momentum: float = 0.9
     weight_decay: float = 0.001
-    decoupled_weight_decay: bool = False
+    decoupled_weight_decay: bool = True
     readout_lr: float = 0.1
     readout_weight_decay: float = 0.003
-    readout_bias: bool = True
+    readout_bias: bool = False
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:

@@ -14,7 +14,7 @@ from ffjax import labels, layers
 
 def features(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
              readout_layers: Sequence[int], label_strength: float = labels.DEFAULT_STRENGTH,
-             norm: str = "rms") -> jax.Array:
+             norm: str = layers.DEFAULT_NORM) -> jax.Array:
     """(B, F): the normalized activities of `readout_layers` for the neutral-label input.
 
     x_BxD holds raw features (uint8 or float, no label). No gradient flows back into the

@@ -36,6 +36,8 @@ class FFSpec:
 
     Every default here is also the command line's (ffjax.config builds its flags from
     these values), so a library call and a CLI run without flags train the same model.
+    The defaults are the reference code's update (docs/recipe.md), except that the
+    goodness readout sums every layer: both chosen on the validation split.
     Passed whole to init_train_state, make_train_epoch, make_predict, fit and fit_grid.
 
     Attributes:
@@ -64,12 +66,12 @@ class FFSpec:
     hidden: tuple = (2000, 2000, 2000, 2000)
     num_classes: int = 10
     label_strength: float = labels.DEFAULT_STRENGTH
-    norm: str = "rms"
+    norm: str = layers.DEFAULT_NORM
     theta: Union[float, tuple, None] = None
     objective: Union[str, Callable] = "logistic"
     temperature: float = 1.0
     symba_alpha: float = 4.0
-    loss_scale: float = 1.0
+    loss_scale: float = 0.5
     negatives: str = "hard"
     peer_strength: float = 0.03
     peer_momentum: float = 0.9

@@ -28,9 +28,10 @@ def test_vmapped_label_scores_equal_a_python_loop(net):
         xl = labels.embed_label(xf, jnp.full((7,), label), num_classes=c, strength=2.0)
         for i, h in enumerate(layers.forward(net, xl)):
             np.testing.assert_allclose(g[:, i, label], objective.goodness(h), rtol=1e-5)
-    scores = inference.label_scores(net, x, _spec(c, score_layers=(1, 2)))
+    scores = inference.label_scores(net, x, _spec(c, score_layers=(1, 2),
+                                                  label_strength=2.0))
     np.testing.assert_allclose(scores, g[:, 1, :] + g[:, 2, :], rtol=1e-5)
-    every = inference.label_scores(net, x, _spec(c))  # the default: all layers
+    every = inference.label_scores(net, x, _spec(c, label_strength=2.0))  # all layers
     np.testing.assert_allclose(every, g.sum(axis=1), rtol=1e-5)
 
 
