@@ -159,10 +159,7 @@ def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Ar
     t = jnp.stack([jnp.asarray(th, jnp.float32) for th in thetas])
     g_pos, g_neg = g[:, :batch], g[:, batch:]
     ff = objective_fn(g_pos, g_neg, t)
-    metrics = objective.LayerMetrics(
-        loss=ff, goodness_pos=jnp.mean(g_pos, axis=-1), goodness_neg=jnp.mean(g_neg, axis=-1),
-        acc_pos=jnp.mean((g_pos > t[:, None]).astype(jnp.float32), axis=-1),
-        acc_neg=jnp.mean((g_neg < t[:, None]).astype(jnp.float32), axis=-1))
+    metrics = objective.layer_metrics(g_pos, g_neg, t, ff)
     return loss_scale * ff + jnp.stack(peer_terms), metrics, tuple(new_means)
 
 

@@ -122,15 +122,17 @@ def make_objective(name: str = "logistic", **settings) -> Objective:
     return Bound(fns[name], tuple(sorted(settings.items())))
 
 
-def layer_metrics(g_pos_B: jax.Array, g_neg_B: jax.Array, theta, loss=None) -> LayerMetrics:
-    """Loss (the threshold logistic unless `loss` is given) and the layer's own view of
-    how well it separates positives from negatives."""
+def layer_metrics(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, loss_L) -> LayerMetrics:
+    """Each layer's loss and its own view of how well it separates positives from
+    negatives: mean goodness of each, and the fractions on the right side of theta.
+    Works for one layer too ((B,), (M,), a scalar theta and loss)."""
+    t = jnp.asarray(thetas_L, jnp.float32)[..., None]
     return LayerMetrics(
-        loss=ff_loss(g_pos_B, g_neg_B, theta) if loss is None else loss,
-        goodness_pos=jnp.mean(g_pos_B),
-        goodness_neg=jnp.mean(g_neg_B),
-        acc_pos=jnp.mean((g_pos_B > theta).astype(jnp.float32)),
-        acc_neg=jnp.mean((g_neg_B < theta).astype(jnp.float32)),
+        loss=loss_L,
+        goodness_pos=jnp.mean(g_pos_LxB, axis=-1),
+        goodness_neg=jnp.mean(g_neg_LxM, axis=-1),
+        acc_pos=jnp.mean((g_pos_LxB > t).astype(jnp.float32), axis=-1),
+        acc_neg=jnp.mean((g_neg_LxM < t).astype(jnp.float32), axis=-1),
     )
 
 

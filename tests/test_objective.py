@@ -23,9 +23,14 @@ def test_ff_loss_matches_definition_and_is_stable():
 
 
 def test_layer_metrics_accuracies():
-    m = objective.layer_metrics(jnp.array([5.0, 1.0]), jnp.array([0.0, 4.0]), 2.0)
+    g_pos, g_neg = jnp.array([5.0, 1.0]), jnp.array([0.0, 4.0])
+    m = objective.layer_metrics(g_pos, g_neg, 2.0, objective.ff_loss(g_pos, g_neg, 2.0))
     assert float(m.acc_pos) == 0.5 and float(m.acc_neg) == 0.5
     assert float(m.goodness_pos) == 3.0 and float(m.goodness_neg) == 2.0
+    both = objective.layer_metrics(jnp.stack([g_pos, g_pos]), jnp.stack([g_neg, g_neg]),
+                                   jnp.array([2.0, 4.5]), jnp.zeros(2))  # one row a layer
+    np.testing.assert_array_equal(both.acc_pos, [0.5, 0.5])
+    np.testing.assert_array_equal(both.acc_neg, [0.5, 1.0])
 
 
 def test_resolve_thetas():
