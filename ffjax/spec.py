@@ -99,13 +99,12 @@ class FFSpec:
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive.")
-        if self.input_noise < 0 or not 0 <= self.readout_label_smoothing < 1:
-            raise ValueError(f"input_noise={self.input_noise} must be >= 0 and "
-                             f"readout_label_smoothing={self.readout_label_smoothing} in "
-                             "[0, 1).")
-        if self.peer_strength < 0 or not 0 <= self.peer_momentum < 1:
-            raise ValueError(f"peer_strength={self.peer_strength} must be >= 0 and "
-                             f"peer_momentum={self.peer_momentum} in [0, 1).")
+        for name in ("input_noise", "peer_strength"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
+        for name in ("readout_label_smoothing", "peer_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
         if int(self.num_classes) < 2:
             raise ValueError(f"num_classes={self.num_classes} must be at least 2.")
         set_("num_classes", int(self.num_classes))
