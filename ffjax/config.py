@@ -47,7 +47,7 @@ class Config:
     decoupled_weight_decay: bool = _field(
         _OPT.decoupled_weight_decay, "apply the weight decay after the gradient smoothing "
                                      "and to weights only, not biases (the reference code); "
-                                     "default: added to the gradient")
+                                     "--no-decoupled-weight-decay adds it to the gradient")
     theta: typing.Optional[float] = _field(
         _SPEC.theta, "goodness threshold on the sum of squares (default: each layer's width)")
     norm: str = _field(_SPEC.norm, "length normalization before each layer: rms, rms_ref "
