@@ -269,6 +269,7 @@ def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record
 def run(cfg: Config) -> dict:
     """Trains and evaluates one FF network as `cfg` says; returns results.json's content."""
     check_config(cfg)
+    started = record.provenance()  # the code and machine as the run starts
     if cfg.coordinator:
         parallel.initialize_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     devices = _devices(cfg)
@@ -294,7 +295,8 @@ def run(cfg: Config) -> dict:
                "compile_seconds": result.compile_seconds,
                "seconds_per_epoch_median": float(np.median([r["seconds"] for r in rows])),
                "epochs": cfg.epochs, "num_train": int(len(split.y_fit)),
-               **record.provenance(), "config": dataclasses.asdict(cfg),
+               **started, "finished": record.provenance()["date"],
+               "config": dataclasses.asdict(cfg),
                "run_dir": str(rec.path)}
     if cfg.validation_size and test_on:
         results.update({k.replace("eval_", "validation_"): rows[-1][k] for k in (

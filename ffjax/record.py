@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +31,44 @@ def device_description() -> str:
     return f"{d.platform} ({d.device_kind}) x{jax.device_count()}"
 
 
+def device_model() -> str:
+    """The model name of the device: the CPU's (from /proc/cpuinfo where there is one)
+    or the accelerator's device kind, e.g. "NVIDIA H100 80GB HBM3"."""
+    d = jax.devices()[0]
+    if d.platform != "cpu":
+        return str(d.device_kind)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args) -> str | None:
+    """Output of a git command run in the checkout that holds this ffjax, or None when
+    ffjax is not imported from a git checkout (an installed wheel) or git is missing."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version() -> dict:
+    """Which code produced a result: the git commit of the ffjax checkout and whether
+    its tree differed from that commit (tracked changes or files git does not ignore);
+    for an installed package, its version and a commit of None."""
+    from ffjax import __version__
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain") if commit else None
+    return {"git_commit": commit, "git_dirty": None if commit is None else bool(status),
+            "ffjax_version": __version__}
+
+
 def device_slug() -> str:
     """device_description() as a file-name part, e.g. cpu-x86-64-2-cores."""
     return re.sub(r"[^a-z0-9]+", "-", device_description().lower()).strip("-")
@@ -48,10 +87,13 @@ def command_line() -> str:
 
 
 def provenance() -> dict:
-    """Where and how a result was measured: device, JAX version, date, command."""
-    return {"device": device_description(), "jax_version": jax.__version__,
+    """Where, how and by which code a result was measured: device and its model, JAX
+    and jaxlib versions, date, command, git commit and whether the tree was dirty."""
+    import jaxlib
+    return {"device": device_description(), "device_model": device_model(),
+            "jax_version": jax.__version__, "jaxlib_version": jaxlib.__version__,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": command_line()}
+            "command": command_line(), **code_version()}
 
 
 def write_json(path, obj) -> Path:
