@@ -9,7 +9,7 @@ import re
 import sys
 import typing
 
-from ffjax import data, layers, objective, optim, record
+from ffjax import data, encodings, layers, objective, optim, record
 from ffjax.driver import SCHEDULES
 from ffjax.spec import NEGATIVES, FFSpec
 
@@ -29,8 +29,9 @@ class Config:
         None, f"folder holding mnist/ and fashion-mnist/ with the four IDX .gz files "
               f"(default: ${data.DATA_DIR_ENV}, else fetched with tensorflow-datasets)")
     epochs: int = _field(60, "passes over the training data")
-    hidden: typing.Tuple[int, ...] = _field(
-        _SPEC.hidden, "hidden layer widths, e.g. --hidden 2000 2000 2000 2000")
+    hidden: typing.Tuple[str, ...] = _field(
+        _SPEC.hidden, "the hidden layers, " + layers.ARCH_HELP + "; e.g. --hidden 2000 "
+                      "2000 2000 2000")
     batch_size: int = _field(100, "minibatch size (positives; as many negatives)")
     lr: float = _field(_OPT.lr, "peak learning rate (with --lr-scaling fan_in: of a layer "
                                 "with 1000 inputs)")
@@ -61,8 +62,11 @@ class Config:
     loss_scale: float = _field(_SPEC.loss_scale, "multiplies every layer's FF loss (0.5: the "
                                                  "reference code's step, half the logistic "
                                                  "gradient)")
-    label_strength: float = _field(_SPEC.label_strength, "value of the one-hot label written "
-                                                         "into the first C input features")
+    label_encoding: str = _field(_SPEC.label_encoding, "how the label enters the input: "
+                                 "first_features (the first C features are overwritten), "
+                                 "channels (C label channels appended to the image; conv "
+                                 "and local networks), none")
+    label_strength: float = _field(_SPEC.label_strength, "value of the one-hot label")
     schedule: str = _field("simultaneous", "simultaneous: every layer on every minibatch; "
                                            "greedy: layer by layer, epochs split equally")
     negatives: str = _field(_SPEC.negatives, "negative labels: uniform (over the C-1 wrong "
@@ -234,6 +238,7 @@ def parse_config_with(argv, defaults: Config, description: str = "",
         parser.add_argument("--" + dest.replace("_", "-"), dest=dest, **kwargs)
     values = {k: tuple(v) if isinstance(v, list) else v
               for k, v in vars(parser.parse_args(argv)).items()}
+    values["hidden"] = tuple(int(t) if str(t).isdigit() else t for t in values["hidden"])
     extras = {k: values.pop(k) for k in extra}
     return dataclasses.replace(defaults, **values), extras
 
@@ -264,8 +269,16 @@ def check_config(cfg: Config) -> None:
             "storage they share (checkpoints are written there by all of them).")
     if cfg.checkpoint_every < 0:
         bad(f"--checkpoint-every {cfg.checkpoint_every}: must be >= 0.")
-    if not cfg.hidden or any(h <= 0 for h in cfg.hidden):
-        bad(f"--hidden {' '.join(map(str, cfg.hidden))}: widths must be positive integers.")
+    if not cfg.hidden:
+        bad("--hidden: give one or more layers.")
+    for token in cfg.hidden:
+        try:
+            layers.parse_block(token)
+        except ValueError as e:
+            bad(f"--hidden {token}: {e}")
+    if cfg.label_encoding not in encodings.ENCODINGS:
+        bad(f"--label-encoding {cfg.label_encoding}: choose one of "
+            f"{', '.join(encodings.ENCODINGS)}.")
     if cfg.batch_size <= 0:
         bad(f"--batch-size {cfg.batch_size}: must be a positive integer.")
     if not cfg.lr > 0:
@@ -296,11 +309,12 @@ def check_config(cfg: Config) -> None:
     if cfg.preset is not None and cfg.preset not in PRESETS:
         bad(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}.")
     try:
-        spec_of(cfg, 10)
+        spec_of(cfg, 10, data.IMAGE_SHAPES.get(data.canonical_name(cfg.dataset)))
         optimizer_of(cfg)
     except ValueError as e:  # the specs' own checks, phrased as flags
+        msg = re.sub(r"^block \d+ \((\S+)\): ", r"--hidden \1: ", str(e))
         bad(re.sub(r"^(\w+)=(\S+) ", lambda m: f"--{m[1].replace('_', '-')} {m[2]}: ",
-                   str(e)))
+                   msg))
 
 
 def score_layers(cfg: Config) -> tuple:
@@ -317,10 +331,28 @@ def score_layers(cfg: Config) -> tuple:
 
 
 
-def spec_of(cfg: Config, num_classes: int) -> FFSpec:
-    """The model and objective that `cfg` describes, for `num_classes` classes."""
+def takes_images(cfg: Config) -> bool:
+    """Whether the network reads (H, W, C) images rather than flat feature vectors: its
+    first block needs them (conv, local) or the label comes as image channels."""
+    first = layers.parse_block(cfg.hidden[0])
+    return getattr(first, "in_rank", None) == 3 or cfg.label_encoding == "channels"
+
+
+def input_shape_of(cfg: Config, image_shape) -> tuple | None:
+    """One example's shape as the network reads it: the dataset's image shape (H, W, C)
+    when takes_images(cfg), else the flattened image (H * W * C,); None if unknown."""
+    if image_shape is None:
+        return None
+    return tuple(image_shape) if takes_images(cfg) else (math.prod(image_shape),)
+
+
+def spec_of(cfg: Config, num_classes: int, image_shape=None) -> FFSpec:
+    """The model and objective that `cfg` describes, for `num_classes` classes and
+    images of shape `image_shape` (H, W, C) (needed for conv and local blocks)."""
     return FFSpec(
-        hidden=cfg.hidden, num_classes=num_classes, label_strength=cfg.label_strength,
+        hidden=tuple(cfg.hidden), input_shape=input_shape_of(cfg, image_shape),
+        num_classes=num_classes, label_encoding=cfg.label_encoding,
+        label_strength=cfg.label_strength,
         norm=cfg.norm, theta=cfg.theta, objective=cfg.objective,
         temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
         loss_scale=cfg.loss_scale, negatives=cfg.negatives,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import socket
 import urllib.parse
@@ -29,6 +30,9 @@ DATASETS = {
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
 }
+
+# One example's image shape (H, W, C) per dataset.
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
 
 # SHA-256 of the official training labels (60000 uint8 values, in order): tells the two
 # datasets apart whatever the files are called or however they were compressed.
@@ -150,8 +154,13 @@ def _from_files(files: dict, name: str) -> Dataset:
     return Dataset(x_train, y_train, x_test, y_test, num_classes, class_names)
 
 
+def canonical_name(name: str) -> str:
+    """The dataset's key in DATASETS ("fashion-mnist" -> "fashion_mnist")."""
+    return str(name).replace("-", "_").lower()
+
+
 def _check_name(name: str) -> str:
-    key = name.replace("-", "_").lower()
+    key = canonical_name(name)
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
     return key
@@ -254,6 +263,17 @@ def load(name: str, data_dir=None) -> Dataset:
     return load_tfds(name)
 
 
+def reshaped(ds: Dataset, shape) -> Dataset:
+    """The dataset with every example reshaped to `shape` (e.g. (28, 28, 1) for a conv
+    network, (784,) for a dense one); no copy."""
+    shape = tuple(int(s) for s in shape)
+    if math.prod(shape) != math.prod(ds.x_train.shape[1:]):
+        raise DataError(f"examples of shape {ds.x_train.shape[1:]} cannot be read as "
+                        f"shape {shape}.")
+    return ds._replace(x_train=ds.x_train.reshape((len(ds.x_train),) + shape),
+                       x_test=ds.x_test.reshape((len(ds.x_test),) + shape))
+
+
 def split_validation(x: np.ndarray, y: np.ndarray, size: int):
     """Holds out the last `size` examples: returns (x_fit, y_fit, x_val, y_val)."""
     size = int(size)
@@ -266,16 +286,17 @@ def check_arrays(x, y, *, num_classes: int, what: str = "data") -> None:
     """Checks user features/labels before anything is compiled.
 
     Args:
-      x: (N, D) features, uint8 or float. y: (N,) integer labels in [0, num_classes).
+      x: (N, ...) examples (features or images), uint8 or float. y: (N,) integer labels
+        in [0, num_classes).
 
     Raises:
       ValueError: with a message naming what is wrong.
     """
     x = np.asarray(x) if not hasattr(x, "shape") else x
     y = np.asarray(y) if not hasattr(y, "shape") else y
-    if len(x.shape) != 2:
-        raise ValueError(f"{what}: features must be a 2-D (N, D) array; got shape "
-                         f"{tuple(x.shape)}. Flatten images with x.reshape(len(x), -1).")
+    if len(x.shape) < 2:
+        raise ValueError(f"{what}: features must be an (N, ...) array, one example per "
+                         f"row; got shape {tuple(x.shape)}.")
     if len(y.shape) != 1:
         raise ValueError(f"{what}: labels must be a 1-D (N,) array; got shape {tuple(y.shape)}.")
     if x.shape[0] != y.shape[0]:
@@ -286,11 +307,6 @@ def check_arrays(x, y, *, num_classes: int, what: str = "data") -> None:
         raise ValueError(f"{what}: labels must be integers; got dtype {y.dtype}.")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes={num_classes} must be at least 2.")
-    if num_classes > x.shape[1]:
-        raise ValueError(
-            f"num_classes={num_classes} is larger than the input width D={x.shape[1]}: the "
-            "label is written into the first C features, so C <= D is required."
-        )
     y_np = np.asarray(y)
     lo, hi = int(y_np.min()), int(y_np.max())
     if lo < 0 or hi >= num_classes:

@@ -176,9 +176,9 @@ def run_program(program: Program, *, on_epoch=None, start_epoch: int = 0) -> Fit
     return FitResult(state, history, compile_seconds, train_seconds, done, p.num_devices)
 
 
-def _layer_optimizers(optimizer, sizes, steps_per_epoch, epochs):
+def _layer_optimizers(optimizer, fan_ins, steps_per_epoch, epochs):
     if isinstance(optimizer, optim.OptimizerSpec):
-        return optimizer.layer_optimizers(sizes, steps_per_epoch=steps_per_epoch,
+        return optimizer.layer_optimizers(fan_ins, steps_per_epoch=steps_per_epoch,
                                           epochs=epochs)
     return optimizer
 
@@ -246,12 +246,19 @@ def make_program(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs:
     phases = phase_plan(schedule, epochs, spec.num_layers)
     if num_seeds is not None and int(num_seeds) <= 0:
         raise ValueError(f"num_seeds={num_seeds} must be a positive integer (or None).")
-    sizes = (int(x_NxD.shape[1]),) + spec.hidden
+    spec = spec.for_input(x_NxD.shape[1:])
     steps = len(y_N) // int(batch_size)
     # A layer's schedule spans the epochs in which it trains.
-    opt = _layer_optimizers(optimizer, sizes, steps, max(n for _, n in phases))
-    if isinstance(optimizer, optim.OptimizerSpec) and spec.trains_readout:
-        readout_optimizer = optimizer.readout_optimizer(steps_per_epoch=steps, epochs=epochs)
+    opt = _layer_optimizers(optimizer, spec.layer_fan_ins, steps, max(n for _, n in phases))
+    if isinstance(optimizer, optim.OptimizerSpec):
+        if readout_optimizer is not None:
+            raise ValueError("readout_optimizer is given with an OptimizerSpec, which "
+                             "builds the readout's optimizer itself (readout_lr, "
+                             "readout_weight_decay): pass optax transformations for both, "
+                             "or set the readout's settings in the OptimizerSpec.")
+        if spec.trains_readout:
+            readout_optimizer = optimizer.readout_optimizer(steps_per_epoch=steps,
+                                                            epochs=epochs)
     mesh = None
     if devices is not None:
         devices = parallel.select_devices(devices) if isinstance(devices, int) else devices
@@ -261,7 +268,7 @@ def make_program(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs:
 
     def setup(k):
         init_key, data_key = jax.random.split(k)
-        return epoch_lib.init_train_state(init_key, spec, sizes[0], opt,
+        return epoch_lib.init_train_state(init_key, spec, spec.input_shape, opt,
                                           readout_optimizer), data_key
 
     many = num_seeds is not None
@@ -318,9 +325,10 @@ def make_grid_program(points: Sequence[GridPoint], x_NxD, y_N, spec: FFSpec = FF
     _check_data(x_NxD, y_N, spec, epochs, batch_size)
     if not points:
         raise ValueError("the grid is empty.")
-    sizes = (int(x_NxD.shape[1]),) + spec.hidden
+    spec = spec.for_input(x_NxD.shape[1:])
     steps = len(y_N) // int(batch_size)
-    relative = optimizer.layer_optimizers(sizes, steps_per_epoch=steps, epochs=epochs,
+    relative = optimizer.layer_optimizers(spec.layer_fan_ins, steps_per_epoch=steps,
+                                          epochs=epochs,
                                           lr=1.0)
     ro = (optimizer.readout_optimizer(steps_per_epoch=steps, epochs=epochs)
           if spec.trains_readout else None)
@@ -330,12 +338,12 @@ def make_grid_program(points: Sequence[GridPoint], x_NxD, y_N, spec: FFSpec = FF
 
     def setup(key, lr):
         init_key, data_key = jax.random.split(key)
-        return epoch_lib.init_train_state(init_key, spec, sizes[0], layer_optimizers(lr),
-                                          ro), data_key
+        return epoch_lib.init_train_state(init_key, spec, spec.input_shape,
+                                          layer_optimizers(lr), ro), data_key
 
     keys = jax.vmap(jax.random.key)(jnp.asarray([p.seed for p in points], jnp.uint32))
     lrs = jnp.asarray([p.lr for p in points], jnp.float32)
-    thetas = jnp.asarray([objective.resolve_thetas(p.theta, spec.hidden) for p in points],
+    thetas = jnp.asarray([objective.resolve_thetas(p.theta, spec.layer_sizes) for p in points],
                          jnp.float32)
     state, data_keys = jax.vmap(setup)(keys, lrs)
     # Every layer's optimizer state holds the same lrs array: give each leaf its own

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ffjax import labels, layers, objective, readout
+from ffjax import labels, layers, network, objective, readout
+from ffjax.negatives import Minibatch, with_labels
 from ffjax.spec import FFSpec
 
 
@@ -17,9 +18,9 @@ class LayerState(NamedTuple):
     """One layer's parameters, its own optimizer state, and the running mean of each
     unit's activity on positive data (used by peer normalization)."""
 
-    params: layers.DenseParams
+    params: object  # the block's parameters
     opt_state: optax.OptState
-    peer_mean: jax.Array  # (H,)
+    peer_mean: jax.Array  # the layer's per-example output shape
 
 
 class ReadoutState(NamedTuple):
@@ -69,26 +70,30 @@ def _per_layer(optimizer, n: int) -> tuple:
     return optimizers
 
 
-def init_train_state(key: jax.Array, spec: FFSpec, num_inputs: int, optimizer,
+def init_train_state(key: jax.Array, spec: FFSpec, input_shape, optimizer,
                      readout_optimizer: optax.GradientTransformation | None = None
                      ) -> TrainState:
-    """A fresh network for `spec` on inputs of width `num_inputs`, and its optimizer states.
+    """A fresh network for `spec` on inputs of per-example shape `input_shape` (an int
+    D for flat features), and its optimizer states.
 
     Args:
       key: PRNG key for the weights (split into one key per layer).
-      spec: the model (hidden widths, readout layers, classes).
-      num_inputs: D, the input width.
+      spec: the model (blocks, readout layers, classes).
+      input_shape: one raw example's shape, e.g. 784 or (28, 28, 1); it must equal
+        spec.input_shape when the spec has one.
       optimizer: an optax.GradientTransformation used independently for every layer
         (each layer gets its own state), or a sequence of L of them.
       readout_optimizer: the softmax readout's (its own state); needed exactly when
         spec.trains_readout.
     """
     _check_readout(spec, readout_optimizer)
-    net = layers.init_network(key, (int(num_inputs),) + spec.hidden)
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(input_shape)
+    spec = spec.for_input(shape)
+    net = network.init_network(key, spec)
     opts = _per_layer(optimizer, len(net))
     layer_states = tuple(
-        LayerState(p, o.init(p), jnp.full((p.w.shape[1],), PEER_INIT, jnp.float32))
-        for p, o in zip(net, opts))
+        LayerState(p, o.init(p), jnp.full(s, PEER_INIT, jnp.float32))
+        for p, o, s in zip(net, opts, spec.layer_shapes))
     if readout_optimizer is None:
         return TrainState(layer_states, None)
     rparams = readout.init_readout(spec.readout_width, spec.num_classes)
@@ -109,80 +114,78 @@ def params_of(state: TrainState) -> layers.Network:
     return tuple(ls.params for ls in state.layers)
 
 
-def local_losses(params: layers.Network, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
-                 thetas: Sequence[float], norm: str = layers.DEFAULT_NORM,
-                 peer_means=None,
-                 peer_strength: float = 0.0, peer_momentum: float = 0.9,
-                 objective_fn: objective.Objective = objective.logistic,
-                 loss_scale: float = 1.0):
-    """Each layer's own FF loss on one minibatch.
+def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
+                 spec: FFSpec, *, thetas=None, peer_means=None):
+    """Each layer's own FF loss on one minibatch, as `spec` defines it.
 
-    Positive and negative examples go through each layer in one (B + M, D) matmul. The
-    input of every layer is under stop_gradient, so layer k's loss depends on layer k's
-    parameters alone: summing the losses and differentiating once gives every layer its
-    local gradient and nothing else.
+    x_pos (B, ...) and x_neg (M, ...) are encoded inputs (labels written in); they go
+    through network.forward_activities as one (B + M, ...) batch. Every layer reads its
+    input under stop_gradient, so layer k's loss depends on layer k's parameters alone:
+    summing the losses and differentiating once gives every layer its local gradient
+    and nothing else.
 
-    objective_fn (see ffjax.objective) turns every layer's goodness into one loss per
-    layer; loss_scale multiplies it (0.5 gives the reference code's step, which is half
+    spec.objective_fn() turns every layer's goodness into one loss per layer;
+    spec.loss_scale multiplies it (0.5 gives the reference code's step, which is half
     the gradient of the logistic loss).
 
-    Peer normalization (peer_strength > 0): each unit's running mean activity on the
-    positives, m, is updated (m <- momentum m + (1 - momentum) batch mean), and a term
-    whose gradient with respect to each pre-activation is peer_strength * (m_j - mean(m))
-    is added to the objective. It acts on the pre-activation, not through the ReLU gate
-    (straight-through), so units that never fire get pulled up and revive, and units
-    busier than the layer's average get pulled down. It is not scaled by loss_scale.
+    Peer normalization (spec.peer_strength > 0): each unit's running mean activity on
+    the positives, m, is updated (m <- momentum m + (1 - momentum) batch mean), and a
+    term whose gradient with respect to each pre-activation is peer_strength * (m_j -
+    mean(m)) is added to the objective. It acts on the pre-activation, not through the
+    ReLU gate (straight-through), so units that never fire get pulled up and revive,
+    and units busier than the layer's average get pulled down. It is not scaled by
+    loss_scale.
+
+    Args:
+      thetas: one threshold per layer, possibly traced (a grid); None: spec.thetas.
+      peer_means: each layer's running means (TrainState's); None: the initial value.
 
     Returns:
       objectives: (L,) what each layer minimizes (loss_scale * FF loss + peer term);
       metrics: LayerMetrics with (L,) fields (the FF loss unscaled, without the peer term);
-      peer_means: tuple of the updated (H,) running means (unchanged when disabled).
+      peer_means: tuple of the updated running means (unchanged when disabled).
     """
-    batch = x_pos_BxD.shape[0]
+    batch = x_pos.shape[0]
+    if thetas is None:
+        thetas = spec.thetas
+    acts = network.forward_activities(params, jnp.concatenate([x_pos, x_neg], axis=0), spec)
     if peer_means is None:
-        peer_means = tuple(jnp.full((p.w.shape[1],), PEER_INIT) for p in params)
-    h = jnp.concatenate([x_pos_BxD, x_neg_MxD], axis=0)
+        peer_means = tuple(jnp.full(a.h.shape[1:], PEER_INIT, jnp.float32) for a in acts)
     g_all, peer_terms, new_means = [], [], []
-    for p, m in zip(params, peer_means):
-        z = layers.normalize(jax.lax.stop_gradient(h), norm=norm) @ p.w + p.b
-        h = jax.nn.relu(z)
+    for (z, h), m in zip(acts, peer_means):
         g_all.append(objective.goodness(h))
         peer = jnp.zeros((), jnp.float32)
-        if peer_strength:
-            m = peer_momentum * m + (1.0 - peer_momentum) * jax.lax.stop_gradient(
+        if spec.peer_strength:
+            m = spec.peer_momentum * m + (1.0 - spec.peer_momentum) * jax.lax.stop_gradient(
                 jnp.mean(h[:batch], axis=0))
             push = jax.lax.stop_gradient(m - jnp.mean(m))
-            peer = peer_strength * jnp.sum(push * jnp.mean(z[:batch], axis=0))
+            peer = spec.peer_strength * jnp.sum(push * jnp.mean(z[:batch], axis=0))
         peer_terms.append(peer)
         new_means.append(m)
     g = jnp.stack(g_all)  # (L, B + M)
     t = jnp.stack([jnp.asarray(th, jnp.float32) for th in thetas])
     g_pos, g_neg = g[:, :batch], g[:, batch:]
-    ff = objective_fn(g_pos, g_neg, t)
+    ff = spec.objective_fn()(g_pos, g_neg, t)
     metrics = objective.layer_metrics(g_pos, g_neg, t, ff)
-    return loss_scale * ff + jnp.stack(peer_terms), metrics, tuple(new_means)
+    return spec.loss_scale * ff + jnp.stack(peer_terms), metrics, tuple(new_means)
 
 
-def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
-               optimizer, thetas: Sequence[float], norm: str = layers.DEFAULT_NORM,
-               peer_strength: float = 0.0, peer_momentum: float = 0.9,
-               objective_fn: objective.Objective = objective.logistic,
-               loss_scale: float = 1.0, trainable: Sequence[int] | None = None):
-    """Updates every layer once from its own local loss. Returns (state, LayerMetrics).
+def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSpec, *,
+               optimizer, thetas=None, trainable: Sequence[int] | None = None):
+    """Updates every layer once from its own local loss (local_losses with `spec`).
+    Returns (state, LayerMetrics).
 
-    x_neg_MxD holds M negatives (usually M = B; M = (C - 1) B with all wrong labels).
-    `trainable` (default: all) names the layers updated; the others keep their state
-    exactly (greedy layer-by-layer training). The readout state, if any, is passed
-    through unchanged (see readout_step).
+    x_pos and x_neg are encoded inputs: B positives and M negatives (usually M = B;
+    M = (C - 1) B with all wrong labels). `trainable` (default: all) names the layers
+    updated; the others keep their state exactly (greedy layer-by-layer training). The
+    readout state, if any, is passed through unchanged (see readout_step).
     """
     params = params_of(state)
     peer_means = tuple(ls.peer_mean for ls in state.layers)
 
     def total(ps):
-        objs, metrics, means = local_losses(
-            ps, x_pos_BxD, x_neg_MxD, thetas=thetas, norm=norm, peer_means=peer_means,
-            peer_strength=peer_strength, peer_momentum=peer_momentum,
-            objective_fn=objective_fn, loss_scale=loss_scale)
+        objs, metrics, means = local_losses(ps, x_pos, x_neg, spec, thetas=thetas,
+                                            peer_means=peer_means)
         return jnp.sum(objs), (metrics, means)
 
     grads, (metrics, means) = jax.grad(total, has_aux=True)(params)
@@ -197,13 +200,12 @@ def train_step(state: TrainState, x_pos_BxD: jax.Array, x_neg_MxD: jax.Array, *,
     return TrainState(tuple(new_layers), state.readout), metrics
 
 
-def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, *,
-                 readout_optimizer: optax.GradientTransformation,
-                 label_smoothing: float = 0.0):
+def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, spec: FFSpec,
+                 *, readout_optimizer: optax.GradientTransformation):
     """One update of the softmax readout on features it cannot send gradient through,
-    its targets smoothed by `label_smoothing`. Returns (state, ReadoutMetrics) measured
+    its targets smoothed by spec.readout_label_smoothing. Returns (state, ReadoutMetrics) measured
     before the update (the cross-entropy against the hard labels)."""
-    rs = state.readout
+    rs, label_smoothing = state.readout, spec.readout_label_smoothing
 
     def loss_fn(rp):
         lg = readout.logits(rp, feats_BxF)
@@ -220,21 +222,6 @@ def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, *,
     return state._replace(readout=new), ReadoutMetrics(ce, acc)
 
 
-def check_inputs(params: layers.Network, x_NxD, y_N=None) -> None:
-    """Raises ValueError when the arrays' shapes do not fit the network (at trace time,
-    before anything is compiled)."""
-    if len(jnp.shape(x_NxD)) != 2:
-        raise ValueError(f"x must be a 2-D (N, D) array; got shape {jnp.shape(x_NxD)}. "
-                         "Flatten images with x.reshape(len(x), -1).")
-    width = params[0].w.shape[0]
-    if x_NxD.shape[1] != width:
-        raise ValueError(f"x has {x_NxD.shape[1]} features per example but the network's "
-                         f"first layer takes {width}.")
-    if y_N is not None and jnp.shape(y_N) != (x_NxD.shape[0],):
-        raise ValueError(f"y must have shape ({x_NxD.shape[0]},), one label per row of x; "
-                         f"got {jnp.shape(y_N)}.")
-
-
 def make_train_step(spec: FFSpec, optimizer,
                     readout_optimizer: optax.GradientTransformation | None = None, *,
                     trainable: Sequence[int] | None = None, batch_sharding=None):
@@ -244,8 +231,9 @@ def make_train_step(spec: FFSpec, optimizer,
     The step runs the neutral-label pass (when a readout is trained), picks the
     negative labels as spec.negatives says, updates every FF layer from its local loss
     and then the readout: all three passes use the weights from before the update.
-    `key` draws the negatives; `y_neg` (B,) or (B * K,) grouped by positive, replaces
-    them when given. `thetas` holds one threshold per layer (spec.thetas, or traced
+    `key` draws the negatives (spec.negative_generator); `y_neg` (B,) or (B * K,)
+    wrong labels grouped by positive, written into the images with spec.encoding,
+    replaces them when given. `thetas` holds one threshold per layer (spec.thetas, or traced
     values for a sweep).
 
     Args:
@@ -262,8 +250,7 @@ def make_train_step(spec: FFSpec, optimizer,
     _check_readout(spec, readout_optimizer)
     if trainable is not None:
         trainable = tuple(sorted({int(i) for i in trainable}))
-    num_classes, strength, norm = spec.num_classes, spec.label_strength, spec.norm
-    objective_fn = spec.objective_fn()
+    generator = spec.negative_generator
 
     def place(a):
         return a if batch_sharding is None else jax.lax.with_sharding_constraint(
@@ -276,32 +263,21 @@ def make_train_step(spec: FFSpec, optimizer,
             key, noise_key = jax.random.split(key)
             x = x + spec.input_noise * jax.random.normal(noise_key, x.shape, x.dtype)
         read = readout_optimizer is not None
+        feats = logits = None
         if read:
-            feats = readout.features(params_of(st), x, num_classes=num_classes,
-                                     readout_layers=spec.readout_layer_ids,
-                                     label_strength=strength, norm=norm)
-        x_neg_src = x
+            feats = readout.features(params_of(st), x, spec)
+            logits = readout.logits(st.readout.params, feats)
         if y_neg is not None:  # given by the caller
-            y_neg = place(y_neg)
-        elif spec.negatives == "uniform":
-            y_neg = labels.uniform_wrong_labels(key, y, num_classes=num_classes)
-        elif spec.negatives == "hard":
-            y_neg = labels.hard_wrong_labels(key, readout.logits(st.readout.params, feats), y)
+            x_neg = with_labels(x, place(y_neg), spec)
         else:
-            y_neg = labels.all_wrong_labels(y, num_classes=num_classes).reshape(-1)
-        if y_neg.shape[0] != y.shape[0]:  # several negatives per positive, grouped
-            x_neg_src = jnp.repeat(x, y_neg.shape[0] // y.shape[0], axis=0)
-        x_pos = labels.embed_label(x, y, num_classes=num_classes, strength=strength)
-        x_neg = labels.embed_label(x_neg_src, y_neg, num_classes=num_classes,
-                                   strength=strength)
-        st, layer_metrics = train_step(
-            st, x_pos, x_neg, optimizer=optimizer, thetas=thetas, norm=norm,
-            peer_strength=spec.peer_strength, peer_momentum=spec.peer_momentum,
-            objective_fn=objective_fn, loss_scale=spec.loss_scale, trainable=trainable)
+            x_neg = generator.generate(key, Minibatch(x, y, logits), spec)
+        x_pos = spec.encoding.embed(x, y)
+        st, layer_metrics = train_step(st, x_pos, x_neg, spec, optimizer=optimizer,
+                                       thetas=thetas, trainable=trainable)
         read_metrics = None
         if read:
-            st, read_metrics = readout_step(st, feats, y, readout_optimizer=readout_optimizer,
-                                            label_smoothing=spec.readout_label_smoothing)
+            st, read_metrics = readout_step(st, feats, y, spec,
+                                            readout_optimizer=readout_optimizer)
         return st, StepMetrics(layer_metrics, read_metrics)
 
     return step
@@ -326,7 +302,6 @@ def make_train_epoch(spec: FFSpec, optimizer,
         raise ValueError(f"batch_size={batch_size} must be a positive integer.")
     step = make_train_step(spec, optimizer, readout_optimizer, trainable=trainable,
                            batch_sharding=batch_sharding)
-    default_thetas = spec.thetas
 
     def epoch(state: TrainState, x_NxD: jax.Array, y_N: jax.Array, key: jax.Array,
               thetas=None):
@@ -335,10 +310,10 @@ def make_train_epoch(spec: FFSpec, optimizer,
                 "the training state and the epoch function disagree about the softmax "
                 "readout: build both from the same spec and readout_optimizer.")
         train_params = params_of(state)
-        check_inputs(train_params, x_NxD, y_N)
-        if len(default_thetas) != len(train_params):
-            raise ValueError(f"thetas has {len(default_thetas)} values but the network has "
-                             f"{len(train_params)} layers; give one threshold per layer.")
+        network.check_input(train_params, x_NxD, spec)
+        if jnp.shape(y_N) != (x_NxD.shape[0],):
+            raise ValueError(f"y must have shape ({x_NxD.shape[0]},), one label per "
+                             f"example of x; got {jnp.shape(y_N)}.")
         n = x_NxD.shape[0]
         steps = n // batch_size
         if steps == 0:
@@ -348,6 +323,7 @@ def make_train_epoch(spec: FFSpec, optimizer,
         batches = order.reshape(steps, batch_size)
         neg_keys = jax.random.split(neg_key, steps)
 
+        default_thetas = spec.for_input(x_NxD.shape[1:]).thetas
         if thetas is None:
             layer_thetas = default_thetas
         else:
@@ -363,5 +339,4 @@ def make_train_epoch(spec: FFSpec, optimizer,
         state, metrics = jax.lax.scan(body, state, (batches, neg_keys))
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
-    epoch.step = step  # one minibatch: step(state, x_BxD, y_B, key, thetas, y_neg=None)
     return epoch

@@ -269,15 +269,16 @@ def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record
 def run(cfg: Config) -> dict:
     """Trains and evaluates one FF network as `cfg` says; returns results.json's content."""
     check_config(cfg)
-    started = record.provenance()  # the code and machine as the run starts
     if cfg.coordinator:
         parallel.initialize_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    started = record.provenance()  # the code and machine as the run starts
     devices = _devices(cfg)
     mesh = parallel.data_mesh(devices) if devices else None
     put = jax.device_put if mesh is None else (lambda a: parallel.replicate(a, mesh))
     ds = data.load(cfg.dataset, cfg.data_dir)
+    spec = spec_of(cfg, ds.num_classes, data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)])
+    ds = data.reshaped(ds, spec.input_shape)
     split = training_split(cfg, ds)
-    spec = spec_of(cfg, ds.num_classes)
     rec, ckpts, start_epoch = open_record(cfg)
     eval_data = (("validation", split.x_val, split.y_val) if cfg.validation_size
                  else ("test", ds.x_test, ds.y_test))

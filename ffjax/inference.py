@@ -9,37 +9,90 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax import labels, layers, objective, readout
+from ffjax import encodings, labels, layers, network, objective, readout
 from ffjax.spec import FFSpec
 
 
-def layer_goodness(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
-                   label_strength: float = labels.DEFAULT_STRENGTH,
-                   norm: str = layers.DEFAULT_NORM) -> jax.Array:
-    """Goodness of every layer for every candidate label, vmapped over the labels.
+def layer_goodness(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Array:
+    """Goodness of every layer for every candidate label.
+
+    When shares_first_layer(spec), the first layer's pre-activation for all C labels
+    comes from one matmul (layer_goodness_shared); otherwise every label is its own
+    pass, vmapped (layer_goodness_per_label). Both give the same values up to float
+    rounding.
 
     Args:
-      x_BxD: (B, D) features (uint8 pixels or floats), without labels.
+      x: (B, ...) raw examples (uint8 pixels or floats), without labels.
 
     Returns:
-      (B, L, C) float32: entry [b, l, c] is layer l's goodness for example b with label c.
+      (B, L, C) float32: entry [b, l, c] is layer l's goodness for example b with label c
+      written in by spec.encoding.
     """
-    x = labels.to_float(x_BxD)
+    if shares_first_layer(spec):
+        return layer_goodness_shared(params, x, spec)
+    return layer_goodness_per_label(params, x, spec)
+
+
+def layer_goodness_per_label(params: layers.Network, x: jax.Array,
+                             spec: FFSpec) -> jax.Array:
+    """layer_goodness as C full passes, one per label, vmapped over the labels."""
+    check_goodness_readout(spec)
+    xf = labels.to_float(x)
 
     def for_label(c):
-        y = jnp.full((x.shape[0],), c, jnp.int32)
-        xl = labels.embed_label(x, y, num_classes=num_classes, strength=label_strength)
-        return jnp.stack([objective.goodness(h) for h in layers.forward(params, xl, norm=norm)],
+        xl = spec.encoding.embed(xf, jnp.full((xf.shape[0],), c, jnp.int32))
+        return jnp.stack([objective.goodness(h) for h in network.forward(params, xl, spec)],
                          axis=-1)  # (B, L)
 
-    g_CxBxL = jax.vmap(for_label)(jnp.arange(num_classes))
+    g_CxBxL = jax.vmap(for_label)(jnp.arange(spec.num_classes))
     return jnp.transpose(g_CxBxL, (1, 2, 0))
 
 
-def label_scores(params: layers.Network, x_BxD: jax.Array, spec: FFSpec) -> jax.Array:
+def shares_first_layer(spec: FFSpec) -> bool:
+    """Whether the C label passes can share the first layer's matmul exactly.
+
+    That holds when the label overwrites the first C features with a one-hot of one
+    strength s (encodings.FirstFeatures) and the first block is dense: every candidate
+    input then has the same norm (the label-free features plus s^2), so each one
+    normalizes by the same factor r, and its pre-activation is r (x0 @ W + s W[c]) + b
+    with x0 the input with its label features zeroed, for any of the three norms.
+    """
+    return (isinstance(spec.encoding, encodings.FirstFeatures)
+            and isinstance(spec.blocks[0], layers.Dense))
+
+
+def layer_goodness_shared(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Array:
+    """layer_goodness with the first layer computed once for all C labels
+    (shares_first_layer(spec) must hold): its cost falls from C matmuls to one."""
+    if not shares_first_layer(spec):
+        raise ValueError("layer_goodness_shared needs the first_features label encoding "
+                         "and a dense first block; use layer_goodness.")
+    c, s = spec.num_classes, spec.encoding.strength
+    flat = labels.to_float(x).reshape(x.shape[0], -1)
+    base = flat.at[:, :c].set(0.0)
+    scale = layers.norm_scale(base.at[:, 0].set(s), norm=spec.norm)  # any label's norm
+    w, b = params[0].w, params[0].b
+    z = scale[:, :, None] * ((base @ w)[:, None, :] + s * w[:c][None]) + b  # (B, C, H)
+    h1 = jax.nn.relu(z)
+
+    def rest(h_BxH):  # the layers after the first, for one label
+        return [objective.goodness(h) for h in network.forward(params, h_BxH, spec, start=1)]
+
+    g_rest = jax.vmap(rest, in_axes=1, out_axes=-1)(h1)  # L - 1 arrays of (B, C)
+    return jnp.stack([jnp.sum(jnp.square(h1), axis=-1)] + list(g_rest), axis=1)  # (B, L, C)
+
+
+def check_goodness_readout(spec: FFSpec) -> None:
+    """The C-label goodness readout needs a label in the input."""
+    if not spec.encoding.carries_label:
+        raise ValueError("the goodness readout runs the input once per candidate label, "
+                         "but this spec's label encoding gives no label: use the softmax "
+                         "readout (make_predict_readout).")
+
+
+def label_scores(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Array:
     """(B, C) goodness summed over spec.score_layer_ids; the prediction is its argmax."""
-    g = layer_goodness(params, x_BxD, num_classes=spec.num_classes,
-                       label_strength=spec.label_strength, norm=spec.norm)
+    g = layer_goodness(params, x, spec)
     return jnp.sum(g[:, jnp.array(spec.score_layer_ids), :], axis=1)
 
 
@@ -54,28 +107,21 @@ class Predictions(NamedTuple):
     goodness: jax.Array | None = None
 
 
-def _check_x(params, x_NxD) -> None:
-    if len(x_NxD.shape) != 2 or x_NxD.shape[1] != params[0].w.shape[0]:
-        raise ValueError(f"x must have shape (N, {params[0].w.shape[0]}) for this network; "
-                         f"got {tuple(x_NxD.shape)}.")
-
-
 def _chunked(fn, x_NxD: jax.Array, chunk_size: int):
-    """Applies fn to x in chunks of chunk_size rows inside one computation (lax.map; the
-    last chunk zero-padded), concatenating the per-example outputs."""
+    """Applies fn to x in chunks of chunk_size examples inside one computation (lax.map;
+    the last chunk zero-padded), concatenating the per-example outputs."""
     n = x_NxD.shape[0]
     chunk = min(chunk_size, max(n, 1))
     pad = (-n) % chunk
-    xp = jnp.pad(x_NxD, ((0, pad), (0, 0))).reshape(-1, chunk, x_NxD.shape[1])
+    xp = jnp.pad(x_NxD, ((0, pad),) + ((0, 0),) * (x_NxD.ndim - 1)).reshape(
+        (-1, chunk) + x_NxD.shape[1:])
     out = jax.lax.map(fn, xp)
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
 def _readout_argmax(params, rparams, x_BxD, spec: FFSpec):
     """(B,) labels predicted by the softmax readout from one neutral-label pass."""
-    f = readout.features(params, x_BxD, num_classes=spec.num_classes,
-                         readout_layers=spec.readout_layer_ids,
-                         label_strength=spec.label_strength, norm=spec.norm)
+    f = readout.features(params, x_BxD, spec)
     return jnp.argmax(readout.logits(rparams, f), -1)
 
 
@@ -89,15 +135,15 @@ def make_predict(spec: FFSpec, *, chunk_size: int = 1000):
     """
     if int(chunk_size) <= 0:
         raise ValueError(f"chunk_size={chunk_size} must be a positive integer.")
+    check_goodness_readout(spec)
     chosen = jnp.array(spec.score_layer_ids)
 
     @jax.jit
     def predict(params, x_NxD, readout_params=None):
-        _check_x(params, x_NxD)
+        network.check_input(params, x_NxD, spec)
 
         def one(xc):
-            g = layer_goodness(params, xc, num_classes=spec.num_classes,
-                               label_strength=spec.label_strength, norm=spec.norm)
+            g = layer_goodness(params, xc, spec)
             out = {"combined": jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1),
                    "per_layer": jnp.argmax(g, -1), "goodness": g}
             if readout_params is not None:
@@ -115,7 +161,7 @@ def make_predict_readout(spec: FFSpec, *, chunk_size: int = 10000):
 
     @jax.jit
     def predict(params, readout_params, x_NxD):
-        _check_x(params, x_NxD)
+        network.check_input(params, x_NxD, spec)
         return _chunked(lambda xc: _readout_argmax(params, readout_params, xc, spec),
                         x_NxD, chunk_size)
 

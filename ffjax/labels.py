@@ -1,14 +1,10 @@
-"""Input encoding for supervised FF: feature scaling, labels written into the first C features."""
+"""Label primitives for supervised FF: feature scaling, labels written into the first C
+features, wrong-label samplers. ffjax.encodings and ffjax.negatives build on them."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-# Value of the one-hot label features: the reference code's 1.0, part of its update that
-# beat the alternative on the validation split (docs/recipe.md).
-DEFAULT_STRENGTH = 1.0
-
 
 def to_float(x: jax.Array) -> jax.Array:
     """uint8 features (pixels) scaled to [0, 1]; float features cast to float32 unchanged."""
@@ -18,7 +14,7 @@ def to_float(x: jax.Array) -> jax.Array:
 
 
 def embed_label(x_BxD: jax.Array, y_B: jax.Array, *, num_classes: int,
-                strength: float = DEFAULT_STRENGTH) -> jax.Array:
+                strength: float) -> jax.Array:
     """Overwrites the first num_classes features of each row with strength * one_hot(y).
 
     Args:
@@ -29,8 +25,7 @@ def embed_label(x_BxD: jax.Array, y_B: jax.Array, *, num_classes: int,
     return x_BxD.at[:, :num_classes].set(onehot)
 
 
-def embed_neutral(x_BxD: jax.Array, *, num_classes: int,
-                  strength: float = DEFAULT_STRENGTH) -> jax.Array:
+def embed_neutral(x_BxD: jax.Array, *, num_classes: int, strength: float) -> jax.Array:
     """Writes the neutral label (strength / C in each of the C label features)."""
     return x_BxD.at[:, :num_classes].set(strength / num_classes)
 

@@ -1,17 +1,37 @@
-"""Forward-Forward blocks: length-normalize -> dense -> ReLU, and their initialization."""
+"""FF blocks: length normalization and the block protocol, with dense, conv and locally
+connected blocks built on it.
+
+A block is what turns one FF layer's normalized input into its pre-activation: any
+object with
+
+    init(key, in_shape) -> params        in_shape: one example's input shape, e.g. (784,)
+    apply(params, x_Bx...) -> z_Bx...    batched; the layer's output is relu(z)
+    out_shape(in_shape) -> shape         one example's output shape; raises ValueError
+                                         with a clear message for an input it cannot take
+
+and optionally `in_rank` (the rank of the per-example input it needs, e.g. 3 for an
+(H, W, C) image; None: any) and `fan_in(in_shape)` (inputs per unit, for per-layer
+learning-rate scaling; default: the input's size). `Block` is a NamedTuple of those functions for blocks made
+from plain functions; `from_flax` makes one from any flax.linen module. The built-ins
+(`Dense`, `Conv`, `Local`) are frozen dataclasses, so specs holding them compare and
+hash by value. ffjax.network runs a stack of blocks (normalize -> block -> ReLU).
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+import math
+import re
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 NORMS = ("rms", "rms_ref", "l2")
-DEFAULT_NORM = "rms_ref"  # the reference code's form (docs/recipe.md)
 _EPS = 1e-8
 # The reference code's guard, added to the root rather than under it (see normalize).
 _REF_TINY = 1.9287498479639178e-22  # e^-50
+PADDINGS = ("SAME", "VALID")
 
 
 class DenseParams(NamedTuple):
@@ -21,7 +41,7 @@ class DenseParams(NamedTuple):
     b: jax.Array
 
 
-Network = tuple  # tuple[DenseParams, ...], input layer first
+Network = tuple  # one params pytree per block, input block first
 
 
 def check_norm(norm: str) -> None:
@@ -29,37 +49,54 @@ def check_norm(norm: str) -> None:
         raise ValueError(f"norm={norm!r} is not supported; choose one of {NORMS}.")
 
 
-def normalize(x_BxD: jax.Array, *, norm: str = DEFAULT_NORM) -> jax.Array:
-    """Length-normalizes each row so only the direction of the activity is passed on.
+def normalize(x: jax.Array, *, norm: str) -> jax.Array:
+    """Length-normalizes each example so only the direction of its activity is passed on.
 
     Args:
-      x_BxD: (..., D) float array.
-      norm: "rms" scales each row to mean square 1 (a row of width D then has sum of
-        squares D), as x * rsqrt(mean(x^2) + 1e-8); "rms_ref" is the reference code's
-        exact form x / (e^-50 + sqrt(mean(x^2))), which differs only for nearly silent
-        rows: it still scales them up to mean square 1, where "rms" leaves rows with
-        mean square far below 1e-8 nearly silent; "l2" scales each row to unit
-        Euclidean norm.
+      x: (B, ...) float array; each example's whole activity (every axis but the first)
+        is normalized as one vector.
+      norm: "rms" scales each example to mean square 1 (an activity of n units then has
+        sum of squares n), as x * rsqrt(mean(x^2) + 1e-8); "rms_ref" is the reference
+        code's exact form x / (e^-50 + sqrt(mean(x^2))), which differs only for nearly
+        silent examples: it still scales them up to mean square 1, where "rms" leaves
+        examples with mean square far below 1e-8 nearly silent; "l2" scales each example
+        to unit Euclidean norm.
 
     Returns:
-      An array of the same shape; all-zero rows stay zero.
+      An array of the same shape; all-zero examples stay zero.
     """
-    sq = jnp.square(x_BxD)
+    if x.ndim > 2:
+        return normalize(x.reshape(x.shape[0], -1), norm=norm).reshape(x.shape)
+    sq = jnp.square(x)
     if norm == "rms_ref":
-        return x_BxD / (_REF_TINY + jnp.sqrt(jnp.mean(sq, axis=-1, keepdims=True)))
+        return x / (_REF_TINY + jnp.sqrt(jnp.mean(sq, axis=-1, keepdims=True)))
     if norm == "rms":
         scale = jnp.mean(sq, axis=-1, keepdims=True)
     elif norm == "l2":
         scale = jnp.sum(sq, axis=-1, keepdims=True)
     else:
         check_norm(norm)
-    return x_BxD * jax.lax.rsqrt(scale + _EPS)
+    return x * jax.lax.rsqrt(scale + _EPS)
 
 
-def block(params: DenseParams, x_BxD: jax.Array, *,
-          norm: str = DEFAULT_NORM) -> jax.Array:
-    """normalize -> dense -> ReLU. x_BxD: (B, D_in) -> (B, D_out)."""
-    return jax.nn.relu(normalize(x_BxD, norm=norm) @ params.w + params.b)
+def norm_scale(x: jax.Array, *, norm: str) -> jax.Array:
+    """(B, 1): the factor normalize(x) multiplies each example of x (B, D) by."""
+    sq = jnp.square(x)
+    if norm == "rms_ref":
+        return 1.0 / (_REF_TINY + jnp.sqrt(jnp.mean(sq, axis=-1, keepdims=True)))
+    check_norm(norm)
+    scale = jnp.mean(sq, axis=-1, keepdims=True) if norm == "rms" else jnp.sum(
+        sq, axis=-1, keepdims=True)
+    return jax.lax.rsqrt(scale + _EPS)
+
+
+class Block(NamedTuple):
+    """A block from plain functions (see the module docstring for the protocol)."""
+
+    init: Callable[[jax.Array, tuple], Any]
+    apply: Callable[[Any, jax.Array], jax.Array]
+    out_shape: Callable[[tuple], tuple]
+    in_rank: int | None = None
 
 
 def init_dense(key: jax.Array, d_in: int, d_out: int) -> DenseParams:
@@ -68,37 +105,219 @@ def init_dense(key: jax.Array, d_in: int, d_out: int) -> DenseParams:
     return DenseParams(w=w, b=jnp.zeros((d_out,), jnp.float32))
 
 
-def init_network(key: jax.Array, sizes: Sequence[int]) -> Network:
-    """Initializes a network of len(sizes) - 1 blocks, each from its own key.
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """A fully connected block of `width` units; any input is flattened first."""
 
-    Args:
-      key: a PRNG key.
-      sizes: [D_in, H_1, ..., H_L], the input width then the hidden widths.
+    width: int
+    in_rank = None
+
+    def __post_init__(self):
+        if not (isinstance(self.width, int) and self.width > 0):
+            raise ValueError(f"dense width {self.width!r} must be a positive integer.")
+
+    def init(self, key, in_shape) -> DenseParams:
+        return init_dense(key, math.prod(in_shape), self.width)
+
+    def apply(self, params: DenseParams, x):
+        if x.ndim > 2:
+            x = x.reshape(x.shape[0], -1)
+        return x @ params.w + params.b
+
+    def out_shape(self, in_shape) -> tuple:
+        return (self.width,)
+
+    def fan_in(self, in_shape) -> int:
+        return math.prod(in_shape)
+
+    def __str__(self):
+        return str(self.width)
+
+
+def _fan_in_normal(batch_axis=()):
+    """N(0, 1/fan_in) weights, the reference code's initialization, for flax kernels."""
+    return jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal",
+                                                batch_axis=batch_axis)
+
+
+def _window_out(size: int, kernel: int, stride: int, padding: str) -> int:
+    return -(-size // stride) if padding == "SAME" else (size - kernel) // stride + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spatial:
+    """Shared geometry of Conv and Local: `channels` output channels, a square `kernel`
+    with `stride` and `padding` ("SAME" or "VALID"), then max pooling over `pool` x
+    `pool` windows with stride `pool` (1: none). Max pooling of the pre-activation
+    equals pooling the ReLU output, since ReLU is monotone."""
+
+    channels: int
+    kernel: int
+    stride: int = 1
+    padding: str = "SAME"
+    pool: int = 1
+    in_rank = 3
+    kind = "spatial"
+
+    def __post_init__(self):
+        for name in ("channels", "kernel", "stride", "pool"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v > 0):
+                raise ValueError(f"{self.kind} {name}={v!r} must be a positive integer.")
+        object.__setattr__(self, "padding", str(self.padding).upper())
+        if self.padding not in PADDINGS:
+            raise ValueError(f"{self.kind} padding={self.padding!r}: choose one of "
+                             f"{', '.join(p.lower() for p in PADDINGS)}.")
+
+    def out_shape(self, in_shape) -> tuple:
+        in_shape = tuple(int(s) for s in in_shape)
+        if len(in_shape) != 3:
+            raise ValueError(f"needs image inputs (H, W, C); it got shape {in_shape}. Put "
+                             "it before any dense block.")
+        h, w, _ = in_shape
+        if self.padding == "VALID" and self.kernel > min(h, w):
+            raise ValueError(f"the {self.kernel}x{self.kernel} kernel is larger than its "
+                             f"{h}x{w} input; use a smaller kernel or padding=same.")
+        oh, ow = (_window_out(s, self.kernel, self.stride, self.padding) for s in (h, w))
+        if self.pool > min(oh, ow):
+            raise ValueError(f"pooling {self.pool}x{self.pool} does not fit its {oh}x{ow} "
+                             "output.")
+        return (oh // self.pool, ow // self.pool, self.channels)
+
+    def fan_in(self, in_shape) -> int:
+        return self.kernel * self.kernel * int(in_shape[-1])
+
+    def _pool(self, z):
+        if self.pool == 1:
+            return z
+        import flax.linen as nn
+        return nn.max_pool(z, (self.pool, self.pool), strides=(self.pool, self.pool))
+
+    def init(self, key, in_shape):
+        self.out_shape(in_shape)  # a clear error before flax's
+        return self._module().init(key, jnp.zeros((1,) + tuple(in_shape)))["params"]
+
+    def apply(self, params, x):
+        return self._pool(self._module().apply({"params": params}, x))
+
+    def __str__(self):
+        parts = [self.kind, str(self.channels), str(self.kernel)]
+        if self.stride != 1:
+            parts.append(f"s{self.stride}")
+        if self.padding != "SAME":
+            parts.append(self.padding.lower())
+        if self.pool != 1:
+            parts.append(f"p{self.pool}")
+        return ":".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(_Spatial):
+    """A convolutional block (weights shared across locations), with flax.linen.Conv's
+    parameters ({"kernel": (k, k, C_in, C_out), "bias": (C_out,)}) and results.
+
+    It is computed as image patches (lax.conv_general_dilated_patches) times the kernel
+    rather than as a convolution op: XLA's CPU convolutions run many times slower inside
+    lax.scan (the epoch loop) than outside it (docs/blocks.md), and FF never needs the
+    gradient with respect to a block's input, so the patches are computed once per pass
+    and the kernel's gradient is one matmul.
     """
-    sizes = [int(s) for s in sizes]
-    if len(sizes) < 2:
-        raise ValueError(
-            f"sizes={sizes} needs the input width and at least one hidden width, "
-            "e.g. [784, 500, 500]."
-        )
-    bad = [s for s in sizes if s <= 0]
-    if bad:
-        raise ValueError(f"sizes={sizes}: every width must be a positive integer.")
-    keys = jax.random.split(key, len(sizes) - 1)
-    return tuple(init_dense(k, a, b) for k, a, b in zip(keys, sizes[:-1], sizes[1:]))
+
+    kind = "conv"
+
+    def init(self, key, in_shape):
+        self.out_shape(in_shape)
+        shape = (self.kernel, self.kernel, int(in_shape[-1]), self.channels)
+        return {"kernel": _fan_in_normal()(key, shape, jnp.float32),
+                "bias": jnp.zeros((self.channels,), jnp.float32)}
+
+    def apply(self, params, x):
+        k, c_in = self.kernel, x.shape[-1]
+        patches = jax.lax.conv_general_dilated_patches(
+            x, (k, k), (self.stride, self.stride), self.padding,
+            dimension_numbers=("NHWC", "OIHW", "NHWC"))  # features ordered (C_in, k, k)
+        w = jnp.transpose(params["kernel"], (2, 0, 1, 3)).reshape(c_in * k * k, -1)
+        return self._pool(patches @ w + params["bias"])
 
 
-def forward(params: Network, x_BxD: jax.Array, *,
-            norm: str = DEFAULT_NORM) -> list[jax.Array]:
-    """All hidden activities [(B, H_1), ..., (B, H_L)] for input x_BxD."""
-    acts = []
-    h = x_BxD
-    for p in params:
-        h = block(p, h, norm=norm)
-        acts.append(h)
-    return acts
+@dataclasses.dataclass(frozen=True)
+class Local(_Spatial):
+    """A locally connected block (the geometry of Conv, a separate filter at every
+    location, no weight sharing): flax.linen.ConvLocal."""
+
+    kind = "local"
+
+    def _module(self):
+        import flax.linen as nn
+        # The kernel is (H_out, W_out, k*k*C_in, C_out): the location axes are batch
+        # axes for the fan-in, so each filter gets N(0, 1/(k*k*C_in)) weights.
+        return nn.ConvLocal(self.channels, (self.kernel, self.kernel),
+                            strides=(self.stride, self.stride), padding=self.padding,
+                            kernel_init=_fan_in_normal(batch_axis=(0, 1)))
 
 
-def widths(params: Network) -> tuple[int, ...]:
-    """Hidden widths (H_1, ..., H_L) of a network."""
-    return tuple(int(p.w.shape[1]) for p in params)
+def from_flax(module, *, in_rank: int | None = None) -> Block:
+    """A block whose body is a flax.linen module: init(key, in_shape) initializes it on
+    a dummy example, apply runs it, out_shape is read off jax.eval_shape. Keep the
+    module free of normalization and the final ReLU (ffjax adds both)."""
+
+    def init(key, in_shape):
+        return module.init(key, jnp.zeros((1,) + tuple(in_shape)))["params"]
+
+    def apply(params, x):
+        return module.apply({"params": params}, x)
+
+    def out_shape(in_shape):
+        out = jax.eval_shape(lambda: apply(init(jax.random.key(0), in_shape),
+                                           jnp.zeros((1,) + tuple(in_shape))))
+        return tuple(out.shape[1:])
+
+    return Block(init, apply, out_shape, in_rank)
+
+
+_SPATIAL = {"conv": Conv, "local": Local}
+ARCH_HELP = ("a block per item: N (dense, N units), conv:C:K or local:C:K (C channels, a "
+             "KxK kernel) with optional :sS (stride), :valid (no padding), :pP (PxP max "
+             "pooling), e.g. conv:32:5:p2 conv:64:3:p2 1000")
+
+
+def parse_block(token) -> Any:
+    """A block from its command-line form (ARCH_HELP): 1000, dense:1000, conv:32:5:p2,
+    local:16:3:s2:valid. Raises ValueError naming the bad token."""
+    if isinstance(token, int):
+        return Dense(token)
+    text = str(token).strip().lower()
+    if re.fullmatch(r"[+-]?\d+", text):
+        return Dense(int(text))
+    parts = text.split(":")
+    kind = parts[0]
+    if kind == "dense" and len(parts) == 2 and parts[1].isdigit():
+        return Dense(int(parts[1]))
+    if kind not in _SPATIAL:
+        raise ValueError(f"unknown block {token!r}: {ARCH_HELP}.")
+    if len(parts) < 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+        raise ValueError(f"block {token!r}: {kind} needs channels and a kernel size, "
+                         f"e.g. {kind}:32:5.")
+    kwargs = {}
+    for opt in parts[3:]:
+        if re.fullmatch(r"s\d+", opt):
+            kwargs["stride"] = int(opt[1:])
+        elif re.fullmatch(r"p\d+", opt):
+            kwargs["pool"] = int(opt[1:])
+        elif opt in ("same", "valid"):
+            kwargs["padding"] = opt.upper()
+        else:
+            raise ValueError(f"block {token!r}: unknown option {opt!r} (sS: stride, pP: "
+                             "max pooling, same / valid: padding).")
+    return _SPATIAL[kind](int(parts[1]), int(parts[2]), **kwargs)
+
+
+def as_block(item) -> Any:
+    """An int is a dense block of that width, a string is parsed (parse_block), and
+    anything with init / apply / out_shape is a block as it is."""
+    if isinstance(item, (int, str)):
+        return parse_block(item)
+    if all(callable(getattr(item, n, None)) for n in ("init", "apply", "out_shape")):
+        return item
+    raise ValueError(f"{item!r} is not a block: give a width, a block string "
+                     f"({ARCH_HELP}) or an object with init, apply and out_shape.")

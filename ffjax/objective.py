@@ -31,9 +31,9 @@ class LayerMetrics(NamedTuple):
     acc_neg: jax.Array  # fraction of negatives with goodness < theta
 
 
-def goodness(h_BxH: jax.Array) -> jax.Array:
-    """Sum of squared activities per example: (B, H) -> (B,)."""
-    return jnp.sum(jnp.square(h_BxH), axis=-1)
+def goodness(h: jax.Array) -> jax.Array:
+    """Sum of squared activities per example, over its whole activity: (B, ...) -> (B,)."""
+    return jnp.sum(jnp.square(h), axis=tuple(range(1, h.ndim)))
 
 
 def ff_loss(g_pos_B: jax.Array, g_neg_M: jax.Array, theta) -> jax.Array:
@@ -137,11 +137,12 @@ def layer_metrics(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, loss_L) 
 
 
 def resolve_thetas(theta, hidden: Sequence[int]) -> tuple[float, ...]:
-    """Per-layer thresholds: None means each layer's width (the reference recipe).
+    """Per-layer thresholds: None means each layer's number of units (the reference
+    recipe: its width, for a dense layer).
 
     Args:
       theta: None, one number for every layer, or one number per layer.
-      hidden: the hidden widths.
+      hidden: each layer's number of units.
     """
     hidden = tuple(int(h) for h in hidden)
     if theta is None:

@@ -44,14 +44,26 @@ def epoch_gain_schedule(lr: float, *, epochs: int, steps_per_epoch: int):
     return schedule
 
 
+BIAS_NAMES = ("b", "bias")
+
+
+def _is_bias(path, leaf) -> bool:
+    """A bias: a leaf named `b` or `bias` (DenseParams.b, flax's "bias", whatever its
+    rank, e.g. a locally connected block's per-location bias), or any leaf of fewer than
+    2 axes under another name."""
+    last = path[-1] if path else None
+    name = getattr(last, "name", None) or getattr(last, "key", None)
+    return name in BIAS_NAMES or jnp.ndim(leaf) < 2
+
+
 def matrices(params):
-    """Mask of the weight matrices (leaves with 2 or more axes), not the biases."""
-    return jax.tree.map(lambda a: jnp.ndim(a) >= 2, params)
+    """Mask of the weights (kernels and matrices), not the biases."""
+    return jax.tree_util.tree_map_with_path(lambda p, a: not _is_bias(p, a), params)
 
 
 def vectors(params):
-    """Mask of the biases (leaves with fewer than 2 axes)."""
-    return jax.tree.map(lambda a: jnp.ndim(a) < 2, params)
+    """Mask of the biases."""
+    return jax.tree_util.tree_map_with_path(_is_bias, params)
 
 
 def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = None,
@@ -123,11 +135,11 @@ def layer_learning_rates(lr: float, fan_ins, *, scaling: str = "fan_in") -> tupl
     return tuple(float(lr) * REFERENCE_FAN_IN / int(n) for n in fan_ins)
 
 
-def make_layer_optimizers(name: str = "adam", *, lr: float, sizes, scaling: str = "fan_in",
+def make_layer_optimizers(name: str = "adam", *, lr: float, fan_ins, scaling: str = "fan_in",
                           **kwargs) -> tuple:
-    """One optimizer per layer of a network of widths `sizes` ([D_in, H_1, ..., H_L]),
+    """One optimizer per layer, for layers of fan-ins `fan_ins` (FFSpec.layer_fan_ins),
     with learning rates from layer_learning_rates; kwargs go to make_optimizer."""
-    rates = layer_learning_rates(lr, list(sizes)[:-1], scaling=scaling)
+    rates = layer_learning_rates(lr, list(fan_ins), scaling=scaling)
     return tuple(make_optimizer(name, lr=r, **kwargs) for r in rates)
 
 
@@ -193,13 +205,13 @@ class OptimizerSpec:
                     decoupled_decay=self.decoupled_weight_decay,
                     steps_per_epoch=steps_per_epoch if self.lr_gain_per_epoch else None)
 
-    def layer_optimizers(self, sizes, *, steps_per_epoch: int, epochs: int,
+    def layer_optimizers(self, fan_ins, *, steps_per_epoch: int, epochs: int,
                          lr: float | None = None) -> tuple:
-        """One optimizer per layer of a network of widths `sizes` ([D_in, H_1, ...]),
-        its schedule spanning `epochs` epochs (lr: override the peak rate, e.g. 1.0 for
-        a grid that scales each model's updates itself)."""
+        """One optimizer per layer, for layers of fan-ins `fan_ins`
+        (FFSpec.layer_fan_ins), its schedule spanning `epochs` epochs (lr: override the
+        peak rate, e.g. 1.0 for a grid that scales each model's updates itself)."""
         return make_layer_optimizers(
-            self.name, lr=self.lr if lr is None else lr, sizes=sizes,
+            self.name, lr=self.lr if lr is None else lr, fan_ins=fan_ins,
             scaling=self.lr_scaling, total_steps=int(epochs) * int(steps_per_epoch),
             weight_decay=self.weight_decay, **self._shared(steps_per_epoch))
 

@@ -64,6 +64,7 @@ def plot_predictions(x_NxD: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
     """A grid of the first `count` examples (square images) titled predicted / true;
     wrong predictions in red."""
     count = min(count, len(x_NxD))
+    x_NxD = np.asarray(x_NxD).reshape(len(x_NxD), -1)
     side = int(round(math.sqrt(x_NxD.shape[1])))
     if side * side != x_NxD.shape[1]:
         raise ValueError(f"features of width {x_NxD.shape[1]} are not square images.")

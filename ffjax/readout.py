@@ -3,28 +3,24 @@ neutral-label pass, trained beside the FF layers without sending them any gradie
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from ffjax import labels, layers
+from ffjax import labels, layers, network
 
 
-def features(params: layers.Network, x_BxD: jax.Array, *, num_classes: int,
-             readout_layers: Sequence[int], label_strength: float = labels.DEFAULT_STRENGTH,
-             norm: str = layers.DEFAULT_NORM) -> jax.Array:
-    """(B, F): the normalized activities of `readout_layers` for the neutral-label input.
+def features(params: layers.Network, x: jax.Array, spec) -> jax.Array:
+    """(B, F): the normalized, flattened activities of spec.readout_layer_ids for the
+    input with the neutral label (spec.encoding.neutral).
 
-    x_BxD holds raw features (uint8 or float, no label). No gradient flows back into the
+    x holds raw examples (uint8 or float, no label). No gradient flows back into the
     FF layers from these features.
     """
-    x = labels.embed_neutral(labels.to_float(x_BxD), num_classes=num_classes,
-                             strength=label_strength)
-    acts = layers.forward(params, x, norm=norm)
-    feats = jnp.concatenate([layers.normalize(acts[i], norm=norm) for i in readout_layers],
-                            axis=-1)
+    acts = network.forward(params, spec.encoding.neutral(labels.to_float(x)), spec)
+    feats = jnp.concatenate(
+        [network.output_features(layers.normalize(acts[i], norm=spec.norm))
+         for i in spec.readout_layer_ids], axis=-1)
     return jax.lax.stop_gradient(feats)
 
 

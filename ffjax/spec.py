@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
-from ffjax import labels, layers, objective
+from ffjax import encodings, layers, negatives as negatives_lib, objective
 
-NEGATIVES = ("uniform", "hard", "all")
+NEGATIVES = tuple(negatives_lib.GENERATORS)
 
 
 def resolve_layers(selection, num_layers: int, *, default: Sequence[int],
@@ -41,18 +41,26 @@ class FFSpec:
     Passed whole to init_train_state, make_train_epoch, make_predict, fit and fit_grid.
 
     Attributes:
-      hidden: hidden widths (H_1, ..., H_L).
-      num_classes: C; labels are written into the first C input features.
-      label_strength: value of the one-hot label features.
+      hidden: the blocks, input side first: an int is a dense block of that width, a
+        string a block in the command line's form (layers.parse_block, e.g.
+        "conv:32:5:p2"), or any block object (ffjax.layers).
+      input_shape: one example's raw input shape, e.g. (784,) or (28, 28, 1); needed
+        for conv and local blocks; None (dense blocks only): taken from the data.
+      num_classes: C.
+      label_encoding: how the label is given to the input: "first_features" (written
+        into the first C features), "channels" (C label channels appended to an
+        image), "none", or your own object (ffjax.encodings).
+      label_strength: value of the one-hot label.
       norm: "rms", "rms_ref" (the reference code's epsilon) or "l2" (layers.normalize).
-      theta: goodness threshold(s): None = each layer's width, one number, or one per
-        layer.
+      theta: goodness threshold(s): None = each layer's number of units, one number, or
+        one per layer.
       objective: "logistic", "symba", "collaborative", or your own function
         (g_pos_LxB, g_neg_LxM, thetas_L) -> (L,) (ffjax.objective).
       temperature: of the logistic and collaborative objectives.
       symba_alpha: alpha of the symba objective.
       loss_scale: multiplies every layer's objective (0.5: the reference code's step).
-      negatives: "uniform", "hard" (from the softmax readout; trains it) or "all".
+      negatives: "uniform", "hard" (from the softmax readout; trains it), "all", or a
+        negatives.NegativeGenerator of your own.
       peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
       peer_momentum: decay of the running mean activity used by peer normalization.
       input_noise: std of Gaussian noise added to the [0, 1]-scaled training inputs (a
@@ -64,15 +72,17 @@ class FFSpec:
     """
 
     hidden: tuple = (2000, 2000, 2000, 2000)
+    input_shape: tuple | None = None
     num_classes: int = 10
-    label_strength: float = labels.DEFAULT_STRENGTH
-    norm: str = layers.DEFAULT_NORM
+    label_encoding: Any = "first_features"
+    label_strength: float = 1.0
+    norm: str = "rms_ref"
     theta: Union[float, tuple, None] = None
     objective: Union[str, Callable] = "logistic"
     temperature: float = 1.0
     symba_alpha: float = 4.0
     loss_scale: float = 0.5
-    negatives: str = "hard"
+    negatives: Any = "hard"
     peer_strength: float = 0.03
     peer_momentum: float = 0.9
     input_noise: float = 0.0
@@ -83,13 +93,42 @@ class FFSpec:
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        hidden = tuple(int(h) for h in self.hidden)
-        if not hidden or any(h <= 0 for h in hidden):
-            raise ValueError(f"hidden={self.hidden!r}: give one or more positive widths.")
-        set_("hidden", hidden)
+        if isinstance(self.hidden, (int, str)) or not self.hidden:
+            raise ValueError(f"hidden={self.hidden!r}: give a sequence of one or more "
+                             "blocks (widths for dense blocks).")
+        # Dense blocks are kept as their widths, so equal networks give equal specs.
+        blocks = tuple(layers.as_block(h) for h in self.hidden)
+        set_("hidden", tuple(b.width if isinstance(b, layers.Dense) else b for b in blocks))
+        if int(self.num_classes) < 2:
+            raise ValueError(f"num_classes={self.num_classes} must be at least 2.")
+        set_("num_classes", int(self.num_classes))
+        if self.input_shape is not None:
+            shape = (self.input_shape,) if isinstance(self.input_shape, int) else tuple(
+                self.input_shape)
+            if not shape or any(not (isinstance(s, int) and s > 0) for s in shape):
+                raise ValueError(f"input_shape={self.input_shape!r} must be a tuple of "
+                                 "positive integers, e.g. (784,) or (28, 28, 1).")
+            set_("input_shape", shape)
+        elif not all(isinstance(h, int) for h in self.hidden):
+            raise ValueError("conv, local and other non-dense blocks need the input's "
+                             "shape: give FFSpec(input_shape=(H, W, C), ...).")
+        if isinstance(self.label_encoding, str):
+            encodings.make_encoding(self.label_encoding, num_classes=self.num_classes,
+                                    strength=self.label_strength)  # checks the name
+        elif not all(hasattr(self.label_encoding, n) for n in (
+                "embed", "neutral", "encoded_shape", "carries_label")):
+            raise ValueError(f"label_encoding={self.label_encoding!r} must be one of "
+                             f"{encodings.ENCODINGS} or an object with embed, neutral, "
+                             "encoded_shape and carries_label (ffjax.encodings).")
+        gen = negatives_lib.resolve(self.negatives)
+        if gen.uses_labels and not self.encoding.carries_label:
+            raise ValueError(f"negatives={self.negatives!r} writes wrong labels into the "
+                             "input, but the label encoding gives none: use a label-free "
+                             "generator or a label encoding.")
         if not isinstance(self.theta, (int, float, type(None))):
             set_("theta", tuple(float(t) for t in self.theta))
-        objective.resolve_thetas(self.theta, hidden)  # checks count and sign
+        self.layer_shapes  # noqa: B018 (raises if a block does not fit its input)
+        objective.resolve_thetas(self.theta, self.layer_sizes)  # checks count and sign
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale",
                      "peer_strength", "peer_momentum", "input_noise",
                      "readout_label_smoothing"):
@@ -105,12 +144,7 @@ class FFSpec:
         for name in ("readout_label_smoothing", "peer_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
-        if int(self.num_classes) < 2:
-            raise ValueError(f"num_classes={self.num_classes} must be at least 2.")
-        set_("num_classes", int(self.num_classes))
         layers.check_norm(self.norm)
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"negatives={self.negatives!r}: choose one of {NEGATIVES}.")
         if isinstance(self.objective, str):
             objective.make_objective(self.objective)  # checks the name
         elif not callable(self.objective):
@@ -127,6 +161,76 @@ class FFSpec:
         return len(self.hidden)
 
     @property
+    def blocks(self) -> tuple:
+        """The block objects, input side first (widths made layers.Dense)."""
+        return tuple(layers.as_block(h) for h in self.hidden)
+
+    @property
+    def encoding(self):
+        """The label encoding object."""
+        if isinstance(self.label_encoding, str):
+            return encodings.make_encoding(self.label_encoding,
+                                           num_classes=self.num_classes,
+                                           strength=self.label_strength)
+        return self.label_encoding
+
+    @property
+    def negative_generator(self) -> negatives_lib.NegativeGenerator:
+        return negatives_lib.resolve(self.negatives)
+
+    @property
+    def network_input_shape(self) -> tuple | None:
+        """One example's shape as the first block sees it (after the label encoding),
+        or None for dense blocks without an input_shape."""
+        if self.input_shape is None:
+            return None
+        return tuple(self.encoding.encoded_shape(self.input_shape))
+
+    @property
+    def layer_shapes(self) -> tuple:
+        """Each layer's per-example output shape."""
+        if self.input_shape is None:  # dense blocks only: their outputs need no input
+            return tuple((h,) for h in self.hidden)
+        shapes, shape = [], self.network_input_shape
+        for i, b in enumerate(self.blocks):
+            rank = getattr(b, "in_rank", None)
+            if rank is not None and len(shape) != rank:
+                raise ValueError(f"block {i} ({b}): takes inputs of rank {rank} but gets "
+                                 f"shape {shape}; conv and local blocks come before "
+                                 "dense ones, and need an (H, W, C) input_shape.")
+            try:
+                shape = tuple(int(s) for s in b.out_shape(shape))
+            except ValueError as e:
+                raise ValueError(f"block {i} ({b}): {e}") from None
+            shapes.append(shape)
+        return tuple(shapes)
+
+    @property
+    def layer_fan_ins(self) -> tuple[int, ...]:
+        """Each layer's inputs per unit (needs input_shape)."""
+        if self.input_shape is None:
+            raise ValueError("layer_fan_ins needs input_shape; use spec.for_input(shape).")
+        ins = (self.network_input_shape,) + self.layer_shapes[:-1]
+        return tuple(int(b.fan_in(s)) if callable(getattr(b, "fan_in", None))
+                     else math.prod(s) for b, s in zip(self.blocks, ins))
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """Each layer's number of units."""
+        return tuple(math.prod(s) for s in self.layer_shapes)
+
+    def for_input(self, shape) -> "FFSpec":
+        """This spec for inputs of per-example `shape`: input_shape set from it, or
+        checked against it."""
+        shape = tuple(int(s) for s in shape)
+        if self.input_shape is None:
+            return dataclasses.replace(self, input_shape=shape)
+        if shape != self.input_shape:
+            raise ValueError(f"the data's examples have shape {shape} but the spec's "
+                             f"input_shape is {self.input_shape}.")
+        return self
+
+    @property
     def readout_layer_ids(self) -> tuple[int, ...]:
         """The layers the softmax readout reads (default: all but the first)."""
         return resolve_layers(self.readout_layers, self.num_layers,
@@ -141,17 +245,17 @@ class FFSpec:
     @property
     def thetas(self) -> tuple[float, ...]:
         """One goodness threshold per layer."""
-        return objective.resolve_thetas(self.theta, self.hidden)
+        return objective.resolve_thetas(self.theta, self.layer_sizes)
 
     @property
     def trains_readout(self) -> bool:
         """Whether a softmax readout is trained (asked for, or needed by hard negatives)."""
-        return self.readout or self.negatives == "hard"
+        return self.readout or self.negative_generator.needs_logits
 
     @property
     def readout_width(self) -> int:
         """F: the number of features the softmax readout reads."""
-        return sum(self.hidden[i] for i in self.readout_layer_ids)
+        return sum(self.layer_sizes[i] for i in self.readout_layer_ids)
 
     def objective_fn(self) -> objective.Objective:
         """The per-layer objective as a function, with its settings."""

@@ -15,3 +15,12 @@ def test_epoch_time_benchmark_writes_its_record(tmp_path):
         assert r["compile_seconds"] > 0 and r["infer_10k_seconds_median"] > 0
     assert rows[0]["one_pass_infer_10k_seconds_median"] is None
     assert rows[1]["one_pass_infer_10k_seconds_median"] > 0
+
+
+def test_label_inference_benchmark_writes_its_record(tmp_path):
+    from benchmarks import label_inference
+    out = tmp_path / "li.json"
+    label_inference.main(["--configs", "784-16-16", "--repeats", "1", "--out", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["same_predictions"] and row["max_rel_goodness_diff"] < 1e-4
+    assert row["shared_seconds_median"] > 0 and row["per_label_seconds_median"] > 0

@@ -10,7 +10,8 @@ import pytest
 from tests.conftest import REPO
 
 RESULT_KEYS = {"test_accuracy", "test_error", "train_seconds", "compile_seconds", "epochs",
-               "device", "jax_version", "config", "test_accuracy_per_layer", "command"}
+               "device", "jax_version", "config", "test_accuracy_per_layer", "command",
+               "device_model", "jaxlib_version", "git_commit", "git_dirty"}
 
 
 def _run(module, *args, env=None):
@@ -56,6 +57,21 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
     assert json.loads((out / "results.json").read_text()) == results  # nothing lost
 
 
+def test_a_conv_network_from_the_command_line(data_dir, tmp_path):
+    """A conv + local + dense network with the label as image channels, end to end: the
+    images reach it as (28, 28, 1), per-layer figures are recorded, and its one-pass
+    readout learns within one epoch."""
+    out = tmp_path / "conv"
+    proc = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden",
+                "conv:4:3:s2:p2", "local:4:3:valid", 32, "--label-encoding", "channels",
+                "--optimizer", "adam", "--lr", 0.0003, "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["hidden"] == ["conv:4:3:s2:p2", "local:4:3:valid", 32]
+    assert len(results["test_accuracy_per_layer"]) == 3
+    assert results["test_accuracy_softmax"] > 0.5
+
+
 def test_fashion_mnist_experiment_with_validation_split(data_dir, tmp_path):
     out = tmp_path / "fm"
     proc = _run("experiments.fashion_mnist", "--epochs", 1, "--hidden", 32,
@@ -91,12 +107,16 @@ def test_help_explains_every_flag():
 
 @pytest.mark.parametrize("args, msg", [
     (["--epochs", "0"], "--epochs 0: must be a positive integer"),
-    (["--hidden", "100", "-5"], "--hidden 100 -5: widths must be positive"),
+    (["--hidden", "100", "-5"], "--hidden -5: dense width -5 must be a positive integer"),
     (["--lr", "-1"], "--lr -1.0: must be positive"),
     (["--norm", "layer"], "--norm layer: choose one of rms, rms_ref, l2"),
     (["--data-dir", "/nonexistent/ffjax"], "does not exist"),
     (["--preset", "paper"], "unknown preset 'paper'"),
     (["--negatives", "random"], "--negatives random: choose one of uniform, hard, all"),
+    (["--hidden", "conv:8:40:valid"], "--hidden conv:8:40:valid: the 40x40 kernel is "
+                                      "larger than its 28x28 input"),
+    (["--hidden", "1000", "conv:8:3"], "--hidden conv:8:3: takes inputs of rank 3"),
+    (["--hidden", "pool:2"], "--hidden pool:2: unknown block 'pool:2'"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(args, msg, tmp_path):
     proc = _run("experiments.mnist", *args, "--out-dir", tmp_path / "x")

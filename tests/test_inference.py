@@ -3,30 +3,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ffjax import inference, labels, layers, objective
+from ffjax import inference, labels, network, objective
 from ffjax.spec import FFSpec
 
 SIZES = (20, 16, 12, 8)
 
 
 def _spec(c, **kw):
-    return FFSpec(hidden=SIZES[1:], num_classes=c, **kw)
+    return FFSpec(hidden=SIZES[1:], input_shape=SIZES[:1], num_classes=c, **kw)
 
 
 @pytest.fixture(scope="module")
 def net():
-    return layers.init_network(jax.random.key(0), SIZES)
+    return network.init_network(jax.random.key(0), _spec(5))
 
 
 def test_vmapped_label_scores_equal_a_python_loop(net):
     c = 5
     x = jax.random.randint(jax.random.key(1), (7, SIZES[0]), 0, 256).astype(jnp.uint8)
-    g = inference.layer_goodness(net, x, num_classes=c, label_strength=2.0)
+    spec = _spec(c, label_strength=2.0)
+    g = inference.layer_goodness(net, x, spec)
     assert g.shape == (7, len(net), c)
     xf = labels.to_float(x)
     for label in range(c):
         xl = labels.embed_label(xf, jnp.full((7,), label), num_classes=c, strength=2.0)
-        for i, h in enumerate(layers.forward(net, xl)):
+        for i, h in enumerate(network.forward(net, xl, spec)):
             np.testing.assert_allclose(g[:, i, label], objective.goodness(h), rtol=1e-5)
     scores = inference.label_scores(net, x, _spec(c, score_layers=(1, 2),
                                                   label_strength=2.0))
@@ -59,9 +60,38 @@ def test_chunked_predict_equals_unchunked_for_any_size(net):
 
 
 def test_predict_on_60k_examples_in_bounded_chunks():
-    small = layers.init_network(jax.random.key(3), (784, 32, 32))
-    x = jnp.zeros((60_000, 784), jnp.uint8)
-    pred = inference.make_predict(FFSpec(hidden=(32, 32)), chunk_size=2000)
-    out = pred(small, x)
+    spec = FFSpec(hidden=(32, 32), input_shape=(784,))
+    small = network.init_network(jax.random.key(3), spec)
+    x = jax.random.randint(jax.random.key(4), (60_000, 784), 0, 256).astype(jnp.uint8)
+    out = inference.make_predict(spec, chunk_size=2000)(small, x)
     assert out.combined.shape == (60_000,)
-    assert inference.accuracy(out.combined, out.combined) == 1.0
+    # The chunked program gives the examples' own predictions, in order.
+    some = np.r_[0:5, 1999:2003, 59_995:60_000]
+    np.testing.assert_array_equal(
+        out.combined[some], jnp.argmax(inference.label_scores(small, x[some], spec), -1))
+
+
+@pytest.mark.parametrize("norm", ["rms_ref", "rms", "l2"])
+@pytest.mark.parametrize("strength", [1.0, 3.0])
+def test_shared_first_layer_equals_the_c_pass_readout(norm, strength):
+    """With the label over the first C features and a dense first layer, one matmul for
+    all labels gives the goodness of C separate passes."""
+    spec = FFSpec(hidden=(16, 12, 8), input_shape=(20,), num_classes=5, norm=norm,
+                  label_strength=strength, theta=1.0 if norm == "l2" else None)
+    assert inference.shares_first_layer(spec)
+    net = network.init_network(jax.random.key(5), spec)
+    x = jax.random.randint(jax.random.key(6), (9, 20), 0, 256).astype(jnp.uint8)
+    shared = inference.layer_goodness_shared(net, x, spec)
+    plain = inference.layer_goodness_per_label(net, x, spec)
+    np.testing.assert_allclose(shared, plain, rtol=2e-5, atol=1e-5)
+    np.testing.assert_array_equal(jnp.argmax(shared.sum(1), -1), jnp.argmax(plain.sum(1), -1))
+
+
+def test_layers_that_cannot_share_the_first_layer_take_c_passes():
+    conv = FFSpec(hidden=("conv:2:3", 4), input_shape=(4, 4, 1), num_classes=3)
+    chans = FFSpec(hidden=("conv:2:3",), input_shape=(4, 4, 1), num_classes=3,
+                   label_encoding="channels")
+    assert not inference.shares_first_layer(conv)
+    assert not inference.shares_first_layer(chans)
+    with pytest.raises(ValueError, match="dense first block"):
+        inference.layer_goodness_shared(None, jnp.zeros((1, 4, 4, 1)), conv)

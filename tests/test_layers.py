@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ffjax import layers
+from ffjax import layers, network
+from ffjax.spec import FFSpec
 
 
 def test_rms_normalize_gives_mean_square_one():
@@ -43,24 +44,30 @@ def test_normalize_rejects_unknown_norm():
         layers.normalize(jnp.ones((1, 3)), norm="layer")
 
 
-def test_block_is_normalize_dense_relu():
-    p = layers.init_dense(jax.random.key(2), 6, 4)
+def test_dense_layer_is_normalize_dense_relu():
+    spec = FFSpec(hidden=(4,), input_shape=(6,), num_classes=2)
+    (p,) = network.init_network(jax.random.key(2), spec)
     x = jax.random.normal(jax.random.key(3), (3, 6))
-    expected = jnp.maximum(layers.normalize(x) @ p.w + p.b, 0.0)
-    np.testing.assert_allclose(layers.block(p, x), expected, rtol=1e-6)
+    expected = jnp.maximum(layers.normalize(x, norm="rms_ref") @ p.w + p.b, 0.0)
+    np.testing.assert_allclose(network.forward((p,), x, spec)[0], expected, rtol=1e-6)
 
 
 def test_init_network_shapes_and_independent_layer_keys():
-    net = layers.init_network(jax.random.key(0), [8, 8, 8])
+    net = network.init_network(jax.random.key(0), FFSpec(hidden=(8, 8), input_shape=(8,),
+                                                         num_classes=2))
     assert [p.w.shape for p in net] == [(8, 8), (8, 8)]
     assert not np.allclose(net[0].w, net[1].w)  # a separate key per layer
     assert all(float(jnp.abs(p.b).max()) == 0.0 for p in net)
     # N(0, 1/fan_in): variance close to 1/8 over a large layer
-    big = layers.init_network(jax.random.key(1), [400, 300])
-    assert abs(float(jnp.var(big[0].w)) * 400 - 1.0) < 0.05
+    big = layers.init_dense(jax.random.key(1), 400, 300)
+    assert abs(float(jnp.var(big.w)) * 400 - 1.0) < 0.05
 
 
-@pytest.mark.parametrize("sizes", [[784], [784, 0], [784, -3, 10]])
-def test_init_network_rejects_bad_sizes(sizes):
-    with pytest.raises(ValueError, match="sizes"):
-        layers.init_network(jax.random.key(0), sizes)
+@pytest.mark.parametrize("hidden, msg", [
+    ((), "one or more blocks"), ((784, 0), "positive integer"), ((-3, 10), "positive"),
+    (("conv:8",), "channels and a kernel"), (("pool:2:2",), "unknown block"),
+    (("conv:8:3:x",), "unknown option"),
+])
+def test_bad_blocks_are_refused(hidden, msg):
+    with pytest.raises(ValueError, match=msg):
+        FFSpec(hidden=hidden, input_shape=(28, 28, 1))

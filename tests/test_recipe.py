@@ -8,14 +8,18 @@ import numpy as np
 import optax
 import pytest
 
-from ffjax import config, driver, epoch, inference, labels, layers, objective, readout
+from ffjax import config, driver, epoch, inference, labels, network, readout
 from ffjax.spec import FFSpec
 
 SIZES = (12, 16, 16, 8)
-THETAS = objective.resolve_thetas(None, SIZES[1:])
 C = 4
 UNIFORM = FFSpec(hidden=SIZES[1:], num_classes=C, negatives="uniform", peer_strength=0.0,
                  readout=False)
+
+
+def _net(seed=0):
+    return network.init_network(jax.random.key(seed), FFSpec(hidden=SIZES[1:], input_shape=SIZES[:1],
+                                            num_classes=C))
 
 
 def _toy(n=64, seed=0):
@@ -25,19 +29,20 @@ def _toy(n=64, seed=0):
 
 
 def test_readout_loss_sends_no_gradient_into_ff_layers():
-    net = layers.init_network(jax.random.key(0), SIZES)
+    net = _net()
     x, y = _toy(8)
     rp = readout.init_readout(16 + 8, C)
     rp = rp._replace(w=jax.random.normal(jax.random.key(1), rp.w.shape))
 
+    spec = FFSpec(hidden=SIZES[1:], num_classes=C, readout_layers=(1, 2))
+
     def loss_of_net(params):
-        f = readout.features(params, x, num_classes=C, readout_layers=(1, 2))
-        return readout.loss(rp, f, y)
+        return readout.loss(rp, readout.features(params, x, spec), y)
 
     grads = jax.grad(loss_of_net)(net)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
     assert float(jnp.abs(jax.grad(lambda r: readout.loss(
-        r, readout.features(net, x, num_classes=C, readout_layers=(1, 2)), y))(rp).w).max()) > 0
+        r, readout.features(net, x, spec), y))(rp).w).max()) > 0
 
 
 def test_training_the_readout_leaves_ff_training_unchanged():
@@ -83,16 +88,17 @@ def test_all_wrong_labels():
 
 
 def test_peer_normalization_gradient_reaches_units_whose_relu_is_off():
-    net = layers.init_network(jax.random.key(0), SIZES)
+    net = _net()
     dead = 3
     b0 = net[0].b.at[dead].set(-1e3)  # unit 3 of layer 0 never fires
     net = (net[0]._replace(b=b0),) + net[1:]
     x_pos, x_neg = jax.random.uniform(jax.random.key(1), (2, 6, SIZES[0]))
 
     def layer0_grad(strength):
+        spec = dataclasses.replace(UNIFORM, peer_strength=strength)
+
         def obj(params):
-            objs, _, _ = epoch.local_losses(params, x_pos, x_neg, thetas=THETAS,
-                                            peer_strength=strength)
+            objs, _, _ = epoch.local_losses(params, x_pos, x_neg, spec)
             return objs[0]
         return jax.grad(obj)(net)[0]
 
@@ -117,7 +123,7 @@ def test_peer_means_track_activity_and_hard_negative_epoch_runs():
 
 def test_combined_predict_matches_one_pass_readout_predict():
     x, y = _toy(30)
-    net = layers.init_network(jax.random.key(0), SIZES)
+    net = _net()
     rp = readout.init_readout(16 + 8, C)._replace(
         w=jax.random.normal(jax.random.key(2), (24, C)))
     spec = FFSpec(hidden=SIZES[1:], num_classes=C)

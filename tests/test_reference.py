@@ -92,7 +92,7 @@ def test_hinton_preset_equals_the_numpy_transcription():
         ["--preset", "hinton", "--hidden", *map(str, HIDDEN), "--epochs", str(EPOCHS),
          "--batch-size", str(B)], config.Config())
     spec, opt_spec = config.spec_of(cfg, C), config.optimizer_of(cfg)
-    opt = opt_spec.layer_optimizers((D,) + HIDDEN, steps_per_epoch=STEPS_PER_EPOCH,
+    opt = opt_spec.layer_optimizers((D,) + HIDDEN[:-1], steps_per_epoch=STEPS_PER_EPOCH,
                                     epochs=EPOCHS)
     ro_opt = opt_spec.readout_optimizer(steps_per_epoch=STEPS_PER_EPOCH, epochs=EPOCHS)
     state = epoch.init_train_state(jax.random.key(0), spec, D, opt, ro_opt)

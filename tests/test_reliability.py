@@ -238,7 +238,7 @@ def test_malformed_data_files_are_refused_in_one_line(breaker, data_dir, tmp_pat
     (["--data-dir", "{missing}"], "Point --data-dir (or FFJAX_DATA_DIR)"),
     (["--batch-size", "70000"], "--batch-size 70000 is larger than the training set"),
     (["--batch-size", "0"], "--batch-size 0: must be a positive integer"),
-    (["--hidden", "0"], "--hidden 0: widths must be positive"),
+    (["--hidden", "0"], "--hidden 0: dense width 0 must be a positive integer"),
     (["--lr", "0"], "--lr 0.0: must be positive"),
     (["--lr", "nan"], "--lr nan: must be a finite number"),
     (["--theta", "inf"], "--theta inf: must be a finite number"),
@@ -292,7 +292,7 @@ def test_fit_rejects_bad_arguments_before_compiling(mnist):
     x, y = mnist.x_train[:200], mnist.y_train[:200]
     key = jax.random.key(0)
     spec = FFSpec(hidden=(8,))
-    with pytest.raises(ValueError, match="positive widths"):
+    with pytest.raises(ValueError, match="positive integer"):
         driver.fit(key, x, y, FFSpec(hidden=(0,)), epochs=1)
     with pytest.raises(ValueError, match="epochs=0"):
         driver.fit(key, x, y, spec, epochs=0)
@@ -300,7 +300,9 @@ def test_fit_rejects_bad_arguments_before_compiling(mnist):
         driver.fit(key, x, y, spec, epochs=1, batch_size=500)
     with pytest.raises(ValueError, match="lr=-1"):
         driver.fit(key, x, y, spec, epochs=1, optimizer=optim.OptimizerSpec(lr=-1.0))
-    with pytest.raises(ValueError, match="larger than the input width"):
+    with pytest.raises(ValueError, match="readout_optimizer is given with an OptimizerSpec"):
+        driver.fit(key, x, y, spec, epochs=1, readout_optimizer=optax.sgd(0.1))
+    with pytest.raises(ValueError, match="fewer than num_classes=10 features"):
         driver.fit(key, x[:, :5], y, spec, epochs=1)
     bad = np.asarray(x, np.float32)
     bad[3, 7] = np.nan
@@ -339,15 +341,16 @@ def test_library_refuses_arrays_that_do_not_fit_the_network():
     state = epoch_lib.init_train_state(jax.random.key(0), spec, 20, opt)
     epoch = epoch_lib.make_train_epoch(spec, opt, batch_size=4)
     x, y = np.zeros((16, 20), np.uint8), np.zeros(16, np.int32)
-    with pytest.raises(ValueError, match="x has 10 features per example but the network"):
+    with pytest.raises(ValueError, match=r"x has examples of shape \(10,\), but the "
+                                         r"network's parameters do not fit them"):
         epoch(state, x[:, :10], y, jax.random.key(1))
     with pytest.raises(ValueError, match=r"y must have shape \(16,\)"):
         epoch(state, x, y[:5], jax.random.key(1))
     short = epoch_lib.make_train_epoch(dataclasses.replace(spec, hidden=(8,)), opt,
                                        batch_size=4)
-    with pytest.raises(ValueError, match="thetas has 1 values but the network has 2"):
+    with pytest.raises(ValueError, match="this spec on these inputs has 1 layers"):
         short(state, x, y, jax.random.key(1))
-    with pytest.raises(ValueError, match=r"x must have shape \(N, 20\)"):
+    with pytest.raises(ValueError, match=r"x has examples of shape \(5,\)"):
         inference.make_predict(spec)(epoch_lib.params_of(state), x[:, :5])
 
 

@@ -10,10 +10,17 @@ from ffjax import objective, optim
 from ffjax.spec import FFSpec
 
 SIZES = (12, 16, 16, 8)
-THETAS = objective.resolve_thetas(None, SIZES[1:])
-# The plain algorithm: uniform negatives, no peer normalization, no readout.
+# The plain algorithm: uniform negatives, no peer normalization, no readout, the full
+# gradient step of the logistic.
 PLAIN = FFSpec(hidden=SIZES[1:], num_classes=4, negatives="uniform", peer_strength=0.0,
-               readout=False)
+               readout=False, loss_scale=1.0)
+# The same for every block type: dense, conv and locally connected layers on 6x6x2
+# images (a network of each kind, and one that mixes them).
+NETS = {
+    "dense": dict(hidden=(16, 16, 8), input_shape=(12,)),
+    "conv": dict(hidden=("conv:4:3", "conv:4:3:p2", 8), input_shape=(6, 6, 2)),
+    "local": dict(hidden=("local:3:3", "local:2:3:s2:valid"), input_shape=(6, 6, 2)),
+}
 
 
 def _init(key, optimizer):
@@ -34,20 +41,24 @@ OBJECTIVES = [objective.logistic, objective.make_objective("symba", alpha=4.0),
               objective.make_objective("collaborative", temperature=2.0)]
 
 
+@pytest.mark.parametrize("net", list(NETS))
 @pytest.mark.parametrize("objective_fn", OBJECTIVES, ids=objective.OBJECTIVES)
 @pytest.mark.parametrize("peer_strength", [0.0, 0.03])
-def test_locality_gradient_of_layer_k_reaches_layer_k_alone(objective_fn, peer_strength):
+def test_locality_gradient_of_layer_k_reaches_layer_k_alone(net, objective_fn,
+                                                            peer_strength):
     """Layer k's objective sends gradient to layer k and to no other layer, for every
-    built-in objective (layer collaboration reads the other layers' goodness) and with
-    peer normalization."""
-    state = _init(jax.random.key(0), optax.sgd(0.1))
+    block type, every built-in objective (layer collaboration reads the other layers'
+    goodness) and with peer normalization."""
+    spec = FFSpec(**NETS[net], num_classes=4, negatives="uniform", readout=False,
+                  objective=objective_fn, peer_strength=peer_strength)
+    state = epoch_lib.init_train_state(jax.random.key(0), spec, spec.input_shape,
+                                       optax.sgd(0.1))
     params = epoch_lib.params_of(state)
-    x_pos, x_neg = _batch(1)
+    keys = jax.random.split(jax.random.key(1))
+    x_pos, x_neg = (jax.random.uniform(k, (6,) + spec.network_input_shape) for k in keys)
     for k in range(len(params)):
         grads = jax.grad(
-            lambda p: epoch_lib.local_losses(p, x_pos, x_neg, thetas=THETAS,
-                                         objective_fn=objective_fn,
-                                         peer_strength=peer_strength)[0][k])(params)
+            lambda p: epoch_lib.local_losses(p, x_pos, x_neg, spec)[0][k])(params)
         for j, g in enumerate(grads):
             total = sum(float(jnp.abs(leaf).sum()) for leaf in jax.tree.leaves(g))
             if j == k:
@@ -61,7 +72,7 @@ def test_each_layer_has_its_own_optimizer_state():
     state = _init(jax.random.key(0), opts)
     assert isinstance(state.layers[2].opt_state[0], optax.ScaleByAdamState)
     x_pos, x_neg = _batch(2)
-    new, metrics = epoch_lib.train_step(state, x_pos, x_neg, optimizer=opts, thetas=THETAS)
+    new, metrics = epoch_lib.train_step(state, x_pos, x_neg, PLAIN, optimizer=opts)
     assert metrics.loss.shape == (3,)
     old_p, new_p = epoch_lib.params_of(state), epoch_lib.params_of(new)
     assert not np.allclose(old_p[0].w, new_p[0].w)
@@ -73,10 +84,10 @@ def test_train_step_lowers_every_layer_loss():
     opt = optax.adam(1e-2)
     state = _init(jax.random.key(3), opt)
     x_pos, x_neg = _batch(4)
-    before, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, thetas=THETAS)
+    before, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, PLAIN)
     for _ in range(20):
-        state, _ = epoch_lib.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
-    after, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, thetas=THETAS)
+        state, _ = epoch_lib.train_step(state, x_pos, x_neg, PLAIN, optimizer=opt)
+    after, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, PLAIN)
     assert bool(jnp.all(after < before))
 
 
@@ -86,8 +97,8 @@ def test_one_step_regression_value():
     state = _init(jax.random.key(42), opt)
     x = jnp.linspace(0.0, 1.0, 6 * SIZES[0]).reshape(6, SIZES[0])
     x_pos, x_neg = x, x[::-1]
-    state, m = epoch_lib.train_step(state, x_pos, x_neg, optimizer=opt, thetas=THETAS)
-    losses, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, thetas=THETAS)
+    state, m = epoch_lib.train_step(state, x_pos, x_neg, PLAIN, optimizer=opt)
+    losses, *_ = epoch_lib.local_losses(epoch_lib.params_of(state), x_pos, x_neg, PLAIN)
     np.testing.assert_allclose(m.loss, [12.72972, 13.05376, 6.58952], rtol=1e-3)
     np.testing.assert_allclose(losses, [12.57737, 12.86305, 6.50036], rtol=1e-3)
 

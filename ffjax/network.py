@@ -1,0 +1,79 @@
+"""The one forward pass of an FF network (normalize -> block -> ReLU per layer), used by
+training, both readouts and inference, and the network's initialization."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from ffjax import layers
+
+
+class Activity(NamedTuple):
+    """One layer's pre-activation z and output h = relu(z), each (B, *shape)."""
+
+    z: jax.Array
+    h: jax.Array
+
+
+def init_network(key: jax.Array, spec) -> layers.Network:
+    """The parameters of spec's blocks, each from its own key, for inputs of shape
+    spec.input_shape (spec.for_input sets it from the data)."""
+    if spec.input_shape is None:
+        raise ValueError("init_network needs spec.input_shape; use spec.for_input(shape).")
+    keys = jax.random.split(key, spec.num_layers)
+    shapes = (spec.network_input_shape,) + spec.layer_shapes[:-1]
+    return tuple(b.init(k, s) for b, k, s in zip(spec.blocks, keys, shapes))
+
+
+def forward_activities(params: layers.Network, x: jax.Array, spec, *,
+                       start: int = 0) -> list[Activity]:
+    """Every layer's Activity for the encoded input x (B, *network_input_shape); with
+    start = k, the Activities of layers k.. for x the output of layer k - 1.
+
+    Each layer reads its input under stop_gradient: a layer's output depends on its own
+    parameters alone as far as gradients go, which is what keeps FF training local.
+    """
+    acts, h = [], x
+    for block, p in zip(spec.blocks[start:], params[start:]):
+        z = block.apply(p, layers.normalize(jax.lax.stop_gradient(h), norm=spec.norm))
+        h = jax.nn.relu(z)
+        acts.append(Activity(z, h))
+    return acts
+
+
+def forward(params: layers.Network, x: jax.Array, spec, *, start: int = 0) -> list[jax.Array]:
+    """Every layer's output [(B, *shape_1), ..., (B, *shape_L)] for the encoded input
+    (from layer `start` on, as forward_activities)."""
+    return [a.h for a in forward_activities(params, x, spec, start=start)]
+
+
+def check_input(params: layers.Network, x, spec) -> None:
+    """Raises ValueError, before anything is compiled, when the examples of x (raw,
+    without label) do not have the shape the network's parameters were made for."""
+    shape = tuple(x.shape[1:])
+    if len(x.shape) < 2:
+        raise ValueError(f"x must hold one example per row, (N, ...); got shape "
+                         f"{tuple(x.shape)}.")
+    try:
+        expected = jax.eval_shape(lambda: init_network(jax.random.key(0),
+                                                       spec.for_input(shape)))
+    except ValueError as e:
+        raise ValueError(f"x's examples of shape {shape} do not fit this spec: {e}") from None
+    got = [np.shape(a) for a in jax.tree.leaves(params)]
+    want = [a.shape for a in jax.tree.leaves(expected)]
+    if got != want or (jax.tree.structure(params) != jax.tree.structure(expected)):
+        raise ValueError(f"x has examples of shape {shape}, but the network's parameters "
+                         f"do not fit them ({len(params)} layers, the first with "
+                         f"parameters of shapes {[np.shape(a) for a in jax.tree.leaves(params[0])]}"
+                         f"; this spec on these inputs has {spec.num_layers} layers, the "
+                         f"first {[a.shape for a in jax.tree.leaves(expected[0])]}). Build "
+                         "the state and the epoch from the same spec and input shape.")
+
+
+def output_features(h: jax.Array) -> jax.Array:
+    """(B, units): a layer's output flattened per example."""
+    return h.reshape(h.shape[0], -1)
+

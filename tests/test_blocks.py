@@ -1,0 +1,202 @@
+"""The extension points: blocks (dense, conv, local, a flax module of one's own), label
+encodings and negative generators, and the one forward pass they all go through."""
+
+import dataclasses
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ffjax import (driver, encodings, epoch, inference, labels, layers, negatives, network,
+                   optim, readout)
+from ffjax.spec import FFSpec
+
+IMG = (6, 6, 2)
+C = 3
+NETS = {
+    "dense": dict(hidden=(16, 8), input_shape=(12,)),
+    "conv": dict(hidden=("conv:4:3", "conv:5:3:p2", 8), input_shape=IMG),
+    "local": dict(hidden=("local:3:3", "local:2:3:s2:valid"), input_shape=IMG),
+    "conv-channels": dict(hidden=("conv:4:3:p2", "local:3:3"), input_shape=IMG,
+                          label_encoding="channels"),
+}
+
+
+def _spec(net, **kw):
+    return FFSpec(**NETS[net], num_classes=C, negatives="uniform", readout=False, **kw)
+
+
+def _data(spec, n=24, seed=0):
+    kx, ky = jax.random.split(jax.random.key(seed))
+    x = jax.random.randint(kx, (n,) + spec.input_shape, 0, 256).astype(jnp.uint8)
+    return x, jax.random.randint(ky, (n,), 0, C)
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_training_and_inference_compute_the_same_activities(net):
+    """The goodness the training loss sees for the positives is the goodness the C-label
+    readout computes for the true label: one forward pass serves both."""
+    spec = _spec(net)
+    params = network.init_network(jax.random.key(1), spec)
+    x, y = _data(spec, n=5)
+    x_pos = spec.encoding.embed(labels.to_float(x), y)
+    _, metrics, _ = epoch.local_losses(params, x_pos, x_pos, spec)
+    g = inference.layer_goodness(params, x, spec)  # (B, L, C)
+    g_true = jnp.take_along_axis(g, y[:, None, None], axis=2)[..., 0]  # (B, L)
+    np.testing.assert_allclose(metrics.goodness_pos, g_true.mean(axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("net", ["conv", "local", "conv-channels"])
+def test_vmapped_label_goodness_equals_a_loop(net):
+    spec = _spec(net)
+    params = network.init_network(jax.random.key(2), spec)
+    x, _ = _data(spec, n=4)
+    g = inference.layer_goodness(params, x, spec)
+    for c in range(C):
+        xl = spec.encoding.embed(labels.to_float(x), jnp.full((4,), c))
+        for i, h in enumerate(network.forward(params, xl, spec)):
+            np.testing.assert_allclose(g[:, i, c], jnp.sum(h ** 2, axis=(1, 2, 3))
+                                       if h.ndim == 4 else jnp.sum(h ** 2, -1), rtol=1e-5)
+
+
+def test_conv_and_local_blocks_are_flax_conv_and_conv_local_after_normalizing():
+    x = jax.random.uniform(jax.random.key(3), (2,) + IMG)
+    xn = layers.normalize(x, norm="rms")
+    for block, module in [(layers.Conv(4, 3, pool=2), nn.Conv(4, (3, 3))),
+                          (layers.Local(3, 3, stride=2, padding="VALID"),
+                           nn.ConvLocal(3, (3, 3), strides=(2, 2), padding="VALID"))]:
+        p = block.init(jax.random.key(4), IMG)
+        z = module.apply({"params": p}, xn)
+        if block.pool > 1:
+            z = nn.max_pool(z, (2, 2), strides=(2, 2))
+        np.testing.assert_allclose(block.apply(p, xn), z, rtol=1e-5, atol=1e-6)
+        assert block.apply(p, xn).shape[1:] == block.out_shape(IMG)
+    # A locally connected filter differs at every location; a conv filter is shared.
+    local = layers.Local(3, 3).init(jax.random.key(5), IMG)
+    assert local["kernel"].shape == (6, 6, 18, 3)  # (H_out, W_out, k*k*C_in, C_out)
+    assert not np.allclose(local["kernel"][0, 0], local["kernel"][0, 1])
+    # N(0, 1/fan_in) with fan-in k*k*C_in = 18 for both.
+    big = layers.Local(64, 3).init(jax.random.key(6), (8, 8, 2))["kernel"]
+    assert abs(float(jnp.var(big)) * 18 - 1.0) < 0.05
+
+
+def test_a_flax_module_of_ones_own_is_a_block():
+    class TwoConvs(nn.Module):  # any module: here a conv with a 1x1 conv after it
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(3, (1, 1))(nn.relu(nn.Conv(6, (3, 3))(x)))
+
+    spec = FFSpec(hidden=(layers.from_flax(TwoConvs(), in_rank=3), 8), input_shape=IMG,
+                  num_classes=C, negatives="uniform", readout=False)
+    assert spec.layer_shapes == ((6, 6, 3), (8,))
+    x, y = _data(spec, n=40)
+    result = driver.fit(jax.random.key(0), x, y, spec, epochs=2, batch_size=10,
+                        optimizer=optax.adam(1e-3))
+    assert np.isfinite(result.history[-1].metrics.layers.loss).all()
+
+
+def test_channels_encoding_appends_label_planes():
+    enc = encodings.Channels(num_classes=3, strength=2.0)
+    x = jnp.ones((2, 4, 4, 1)) * 0.5
+    out = enc.embed(x, jnp.array([2, 0]))
+    assert out.shape == (2, 4, 4, 4)
+    np.testing.assert_array_equal(out[..., 0], 0.5)  # the image is kept whole
+    np.testing.assert_array_equal(out[0, ..., 1:], jnp.broadcast_to(jnp.array([0, 0, 2.0]),
+                                                                     (4, 4, 3)))
+    np.testing.assert_allclose(enc.neutral(x)[..., 1:], 2.0 / 3)
+    with pytest.raises(ValueError, match="needs image inputs"):
+        enc.encoded_shape((784,))
+
+
+def test_first_features_encoding_on_images_writes_the_first_pixels():
+    enc = encodings.FirstFeatures(num_classes=3, strength=1.0)
+    x = jnp.zeros((1, 2, 2, 1))
+    np.testing.assert_array_equal(enc.embed(x, jnp.array([1])).reshape(-1), [0, 1, 0, 0])
+
+
+def test_a_label_free_generator_of_ones_own_trains_and_sees_no_labels():
+    """A negative generator in a few lines: the minibatch's images with their pixels
+    shuffled (no label). With label_encoding none, the labels never reach the FF
+    layers: changing them leaves the layers bit-identical."""
+
+    def shuffled_pixels(key, batch, spec):
+        flat = batch.x.reshape(batch.x.shape[0], -1)
+        perm = jax.random.permutation(key, flat.shape[1])
+        return flat[:, perm].reshape(batch.x.shape)
+
+    gen = negatives.NegativeGenerator(shuffled_pixels, uses_labels=False)
+    spec = FFSpec(hidden=("conv:4:3:p2", 8), input_shape=IMG, num_classes=C,
+                  label_encoding="none", negatives=gen, readout=True)
+    x, y = _data(spec, n=40)
+    opt = optim.OptimizerSpec(name="adam", lr=1e-3)
+    runs = [driver.fit(jax.random.key(0), x, yy, spec, epochs=2, batch_size=10,
+                       optimizer=opt) for yy in (y, (y + 1) % C)]
+    for a, b in zip(jax.tree.leaves(epoch.params_of(runs[0].state)),
+                    jax.tree.leaves(epoch.params_of(runs[1].state))):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(runs[0].state.readout.params.w, runs[1].state.readout.params.w)
+    with pytest.raises(ValueError, match="goodness readout .* gives no label"):
+        inference.make_predict(spec)
+    pred = inference.make_predict_readout(spec)(epoch.params_of(runs[0].state),
+                                                runs[0].state.readout.params, x)
+    assert pred.shape == (40,)
+
+
+def test_the_epoch_traces_once_for_a_conv_network():
+    spec = _spec("conv")
+    x, y = _data(spec, n=40)
+    opt = optax.adam(1e-3)
+    state = epoch.init_train_state(jax.random.key(0), spec, IMG, opt)
+    ep = jax.jit(chex.assert_max_traces(epoch.make_train_epoch(spec, opt, batch_size=10),
+                                        n=1), donate_argnums=0)
+    for e in range(3):
+        state, m = ep(state, x, y, jax.random.fold_in(jax.random.key(1), e))
+    assert m.layers.loss.shape == (3,)
+    chex.clear_trace_counter()
+
+
+def test_local_biases_get_no_weight_decay():
+    p = layers.Local(2, 3).init(jax.random.key(0), IMG)
+    assert p["bias"].ndim == 3  # one bias per location and channel
+    assert optim.vectors(p) == {"bias": True, "kernel": False}
+    dense = layers.init_dense(jax.random.key(1), 4, 2)
+    assert optim.vectors(dense) == layers.DenseParams(w=False, b=True)
+
+
+def test_readout_reads_flattened_conv_activities():
+    spec = FFSpec(hidden=("conv:4:3:p2", "conv:2:3"), input_shape=IMG, num_classes=C,
+                  readout_layers=(0, 1))
+    assert spec.readout_width == 3 * 3 * 4 + 3 * 3 * 2
+    params = network.init_network(jax.random.key(0), spec)
+    x, _ = _data(spec, n=5)
+    assert readout.features(params, x, spec).shape == (5, spec.readout_width)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(hidden=("conv:4:9:valid",), input_shape=IMG), "kernel is larger than its 6x6"),
+    (dict(hidden=("conv:4:3:p8",), input_shape=IMG), "pooling 8x8 does not fit"),
+    (dict(hidden=(8, "conv:4:3"), input_shape=IMG), "takes inputs of rank 3"),
+    (dict(hidden=("conv:4:3",)), "need the input's shape"),
+    (dict(hidden=("conv:4:3",), input_shape=(36,)), "takes inputs of rank 3"),
+    (dict(hidden=(8,), input_shape=(36,), label_encoding="channels"),
+     "needs image inputs"),
+    (dict(hidden=(8,), label_encoding="none"), "writes wrong labels"),
+    (dict(hidden=(8,), label_encoding="braille"), "label_encoding='braille'"),
+    (dict(hidden=(8,), negatives="hybrid"), "negatives='hybrid'"),
+    (dict(hidden=(8,), input_shape=(2,)), "fewer than num_classes=10"),
+])
+def test_specs_that_cannot_work_are_refused(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        FFSpec(**kw)
+
+
+def test_theta_defaults_to_each_layers_number_of_units():
+    spec = FFSpec(hidden=("conv:4:3:p2", "local:2:3:valid", 7), input_shape=IMG)
+    assert spec.layer_shapes == ((3, 3, 4), (1, 1, 2), (7,))
+    assert spec.thetas == (36.0, 2.0, 7.0)
+    assert spec.layer_fan_ins == (18, 36, 2)
+    assert dataclasses.replace(spec, theta=5.0).thetas == (5.0,) * 3
