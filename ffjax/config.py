@@ -54,7 +54,9 @@ class Config:
     norm: str = _field(_SPEC.norm, "length normalization before each layer: rms, rms_ref "
                                    "(the reference code's epsilon, outside the root) or l2")
     objective: str = _field(_SPEC.objective, "per-layer objective: "
-                                             f"{', '.join(objective.OBJECTIVES)}")
+                                             f"{', '.join(objective.OBJECTIVES)} (the "
+                                             "class-group group_softmax needs "
+                                             "--label-encoding none --negatives none)")
     temperature: float = _field(_SPEC.temperature, "temperature of the logistic and "
                                                    "collaborative objectives: p = "
                                                    "sigmoid((G - theta) / T)")

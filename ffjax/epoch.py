@@ -115,7 +115,7 @@ def params_of(state: TrainState) -> layers.Network:
 
 
 def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
-                 spec: FFSpec, *, thetas=None, peer_means=None):
+                 spec: FFSpec, *, thetas=None, peer_means=None, y=None):
     """Each layer's own FF loss on one minibatch, as `spec` defines it.
 
     x_pos (B, ...) and x_neg (M, ...) are encoded inputs (labels written in); they go
@@ -136,9 +136,13 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
     and units busier than the layer's average get pulled down. It is not scaled by
     loss_scale.
 
+    With a class-group objective (spec.uses_groups) there are no negatives (M = 0):
+    each layer's loss is the objective's loss of its class-group goodness against `y`.
+
     Args:
       thetas: one threshold per layer, possibly traced (a grid); None: spec.thetas.
       peer_means: each layer's running means (TrainState's); None: the initial value.
+      y: (B,) labels of the positives, needed by class-group objectives alone.
 
     Returns:
       objectives: (L,) what each layer minimizes (loss_scale * FF loss + peer term);
@@ -162,30 +166,40 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
             peer = spec.peer_strength * jnp.sum(push * jnp.mean(z[:batch], axis=0))
         peer_terms.append(peer)
         new_means.append(m)
-    g = jnp.stack(g_all)  # (L, B + M)
-    t = jnp.stack([jnp.asarray(th, jnp.float32) for th in thetas])
-    g_pos, g_neg = g[:, :batch], g[:, batch:]
-    ff = spec.objective_fn()(g_pos, g_neg, t)
-    metrics = objective.layer_metrics(g_pos, g_neg, t, ff)
+    obj = spec.objective_fn()
+    if spec.uses_groups:
+        if y is None:
+            raise ValueError("a class-group objective needs the labels: pass y.")
+        scores = jnp.stack([objective.group_goodness(a.h[:batch], spec.num_classes)
+                            for a in acts])  # (L, B, C)
+        ff = jnp.stack([obj.loss(s, y) for s in scores])
+        metrics = objective.group_metrics(scores, y, ff)
+    else:
+        g = jnp.stack(g_all)  # (L, B + M)
+        t = jnp.stack([jnp.asarray(th, jnp.float32) for th in thetas])
+        g_pos, g_neg = g[:, :batch], g[:, batch:]
+        ff = obj(g_pos, g_neg, t)
+        metrics = objective.layer_metrics(g_pos, g_neg, t, ff)
     return spec.loss_scale * ff + jnp.stack(peer_terms), metrics, tuple(new_means)
 
 
 def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSpec, *,
-               optimizer, thetas=None, trainable: Sequence[int] | None = None):
+               optimizer, thetas=None, trainable: Sequence[int] | None = None, y=None):
     """Updates every layer once from its own local loss (local_losses with `spec`).
     Returns (state, LayerMetrics).
 
     x_pos and x_neg are encoded inputs: B positives and M negatives (usually M = B;
     M = (C - 1) B with all wrong labels). `trainable` (default: all) names the layers
     updated; the others keep their state exactly (greedy layer-by-layer training). The
-    readout state, if any, is passed through unchanged (see readout_step).
+    readout state, if any, is passed through unchanged (see readout_step). `y`, the
+    positives' labels, is needed by class-group objectives alone.
     """
     params = params_of(state)
     peer_means = tuple(ls.peer_mean for ls in state.layers)
 
     def total(ps):
         objs, metrics, means = local_losses(ps, x_pos, x_neg, spec, thetas=thetas,
-                                            peer_means=peer_means)
+                                            peer_means=peer_means, y=y)
         return jnp.sum(objs), (metrics, means)
 
     grads, (metrics, means) = jax.grad(total, has_aux=True)(params)
@@ -273,7 +287,7 @@ def make_train_step(spec: FFSpec, optimizer,
             x_neg = generator.generate(key, Minibatch(x, y, logits), spec)
         x_pos = spec.encoding.embed(x, y)
         st, layer_metrics = train_step(st, x_pos, x_neg, spec, optimizer=optimizer,
-                                       thetas=thetas, trainable=trainable)
+                                       thetas=thetas, trainable=trainable, y=y)
         read_metrics = None
         if read:
             st, read_metrics = readout_step(st, feats, y, spec,

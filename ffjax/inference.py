@@ -19,7 +19,8 @@ def layer_goodness(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Ar
     When shares_first_layer(spec), the first layer's pre-activation for all C labels
     comes from one matmul (layer_goodness_shared); otherwise every label is its own
     pass, vmapped (layer_goodness_per_label). Both give the same values up to float
-    rounding.
+    rounding. With a class-group objective, entry [b, l, c] is layer l's goodness of
+    class c's group, from one pass (layer_group_goodness).
 
     Args:
       x: (B, ...) raw examples (uint8 pixels or floats), without labels.
@@ -28,9 +29,18 @@ def layer_goodness(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Ar
       (B, L, C) float32: entry [b, l, c] is layer l's goodness for example b with label c
       written in by spec.encoding.
     """
+    if spec.uses_groups:
+        return layer_group_goodness(params, x, spec)
     if shares_first_layer(spec):
         return layer_goodness_shared(params, x, spec)
     return layer_goodness_per_label(params, x, spec)
+
+
+def layer_group_goodness(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Array:
+    """(B, L, C): every layer's class-group goodness from one pass (class-group
+    objectives: the label is read off the activity, never written into the input)."""
+    acts = network.forward(params, spec.encoding.neutral(labels.to_float(x)), spec)
+    return jnp.stack([objective.group_goodness(h, spec.num_classes) for h in acts], axis=1)
 
 
 def layer_goodness_per_label(params: layers.Network, x: jax.Array,
@@ -83,8 +93,8 @@ def layer_goodness_shared(params: layers.Network, x: jax.Array, spec: FFSpec) ->
 
 
 def check_goodness_readout(spec: FFSpec) -> None:
-    """The C-label goodness readout needs a label in the input."""
-    if not spec.encoding.carries_label:
+    """The C-label goodness readout needs a label in the input (or class groups)."""
+    if not spec.encoding.carries_label and not spec.uses_groups:
         raise ValueError("the goodness readout runs the input once per candidate label, "
                          "but this spec's label encoding gives no label: use the softmax "
                          "readout (make_predict_readout).")

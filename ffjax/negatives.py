@@ -12,7 +12,8 @@ parameters from before this step's update), so the readout is trained; `uses_lab
 says whether it reads batch.y or the encoding (a label-free generator works with
 label_encoding="none").
 
-Built in: uniform, hard, all (a wrong label on the same image). A new one is a module
+Built in: uniform, hard, all (a wrong label on the same image), and none (for
+objectives that use no negative data). A new one is a module
 that builds a NegativeGenerator and, for the command line, adds it to GENERATORS.
 """
 
@@ -64,6 +65,11 @@ def _all(key, batch: Minibatch, spec):
         batch.y, num_classes=spec.num_classes).reshape(-1), spec)
 
 
+def _none(key, batch: Minibatch, spec):
+    del key, spec
+    return batch.x[:0]
+
+
 uniform = NegativeGenerator(_uniform)
 """The image with a wrong label drawn uniformly from the C - 1 others."""
 hard = NegativeGenerator(_hard, needs_logits=True)
@@ -72,7 +78,10 @@ reference recipe: the labels the model confuses most)."""
 every_wrong = NegativeGenerator(_all)
 """The image with each of its C - 1 wrong labels (C - 1 negatives per positive)."""
 
-GENERATORS = {"uniform": uniform, "hard": hard, "all": every_wrong}
+no_negatives = NegativeGenerator(_none, uses_labels=False)
+"""No negative data, for objectives that need none (objective.GroupObjective)."""
+
+GENERATORS = {"uniform": uniform, "hard": hard, "all": every_wrong, "none": no_negatives}
 
 
 def resolve(negatives) -> NegativeGenerator:

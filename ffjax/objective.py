@@ -93,7 +93,49 @@ def collaborative(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
 
 
 Objective = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-OBJECTIVES = ("logistic", "symba", "collaborative")
+OBJECTIVES = ("logistic", "symba", "collaborative", "group_softmax")
+
+
+def group_goodness(h: jax.Array, num_classes: int) -> jax.Array:
+    """(B, C): the mean squared activity of each class's group of units. The units of a
+    layer's last axis (a dense layer's units, a conv layer's channels) are split into C
+    equal contiguous groups, group c belonging to class c; for images a group spans
+    every location."""
+    k = h.shape[-1] // num_classes
+    grouped = h.reshape(h.shape[0], -1, num_classes, k)  # (B, locations, C, K)
+    return jnp.mean(jnp.square(grouped), axis=(1, 3))
+
+
+class GroupObjective(NamedTuple):
+    """A per-layer objective on each layer's class-group goodness and the labels, with
+    no negative data (channel-wise competitive FF, Papachristodoulou et al. 2024): for
+    every layer, loss(scores_BxC, y_B) -> scalar with scores = group_goodness(h, C).
+    Prediction reads the same scores from one pass (no label in the input)."""
+
+    loss: Callable[[jax.Array, jax.Array], jax.Array]
+    name: str = "group"
+
+
+def group_softmax(*, temperature: float) -> GroupObjective:
+    """Softmax cross-entropy of the group goodness divided by `temperature` against
+    the labels: a layer is trained to make its true class's group the most active."""
+    def loss(scores_BxC, y_B):
+        import optax
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            scores_BxC / temperature, y_B))
+    return GroupObjective(loss, f"group_softmax(temperature={temperature!r})")
+
+
+def group_metrics(scores_LxBxC: jax.Array, y_B: jax.Array, loss_L) -> LayerMetrics:
+    """LayerMetrics for a GroupObjective: goodness_pos is the true class's group
+    goodness, goodness_neg the mean of the other groups', and acc_pos = acc_neg the
+    fraction of examples whose true group is the most active."""
+    true = jax.nn.one_hot(y_B, scores_LxBxC.shape[-1], dtype=bool)[None]
+    g_true = jnp.sum(jnp.where(true, scores_LxBxC, 0.0), -1)
+    g_other = jnp.sum(jnp.where(true, 0.0, scores_LxBxC), -1) / (scores_LxBxC.shape[-1] - 1)
+    acc = jnp.mean((jnp.argmax(scores_LxBxC, -1) == y_B[None]).astype(jnp.float32), -1)
+    return LayerMetrics(loss=loss_L, goodness_pos=jnp.mean(g_true, -1),
+                        goodness_neg=jnp.mean(g_other, -1), acc_pos=acc, acc_neg=acc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +156,9 @@ class Bound:
 
 def make_objective(name: str = "logistic", **settings) -> Objective:
     """The built-in objective `name` with its settings bound, e.g.
-    make_objective("symba", alpha=4.0)."""
+    make_objective("symba", alpha=4.0); "group_softmax" gives a GroupObjective."""
+    if name == "group_softmax":
+        return group_softmax(**settings) if settings else group_softmax(temperature=1.0)
     fns = {"logistic": logistic, "symba": symba, "collaborative": collaborative}
     if name not in fns:
         raise ValueError(f"objective {name!r} is not known; choose one of {OBJECTIVES} "

@@ -54,8 +54,10 @@ class FFSpec:
       norm: "rms", "rms_ref" (the reference code's epsilon) or "l2" (layers.normalize).
       theta: goodness threshold(s): None = each layer's number of units, one number, or
         one per layer.
-      objective: "logistic", "symba", "collaborative", or your own function
-        (g_pos_LxB, g_neg_LxM, thetas_L) -> (L,) (ffjax.objective).
+      objective: "logistic", "symba", "collaborative", your own function
+        (g_pos_LxB, g_neg_LxM, thetas_L) -> (L,) (ffjax.objective), or a class-group
+        objective: "group_softmax" or an objective.GroupObjective (with
+        label_encoding="none" and negatives="none").
       temperature: of the logistic and collaborative objectives.
       symba_alpha: alpha of the symba objective.
       loss_scale: multiplies every layer's objective (0.5: the reference code's step).
@@ -78,7 +80,7 @@ class FFSpec:
     label_strength: float = 1.0
     norm: str = "rms_ref"
     theta: Union[float, tuple, None] = None
-    objective: Union[str, Callable] = "logistic"
+    objective: Any = "logistic"
     temperature: float = 1.0
     symba_alpha: float = 4.0
     loss_scale: float = 0.5
@@ -121,6 +123,7 @@ class FFSpec:
                              f"{encodings.ENCODINGS} or an object with embed, neutral, "
                              "encoded_shape and carries_label (ffjax.encodings).")
         gen = negatives_lib.resolve(self.negatives)
+        self._check_objective_kind(gen)
         if gen.uses_labels and not self.encoding.carries_label:
             raise ValueError(f"negatives={self.negatives!r} writes wrong labels into the "
                              "input, but the label encoding gives none: use a label-free "
@@ -128,6 +131,13 @@ class FFSpec:
         if not isinstance(self.theta, (int, float, type(None))):
             set_("theta", tuple(float(t) for t in self.theta))
         self.layer_shapes  # noqa: B018 (raises if a block does not fit its input)
+        if self.uses_groups:
+            for i, shape in enumerate(self.layer_shapes):
+                if shape[-1] % self.num_classes:
+                    raise ValueError(
+                        f"block {i} ({self.blocks[i]}): its {shape[-1]} channels (units) "
+                        f"cannot be split into {self.num_classes} equal class groups; "
+                        f"give it a multiple of {self.num_classes}.")
         objective.resolve_thetas(self.theta, self.layer_sizes)  # checks count and sign
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale",
                      "peer_strength", "peer_momentum", "input_noise",
@@ -145,16 +155,36 @@ class FFSpec:
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
         layers.check_norm(self.norm)
-        if isinstance(self.objective, str):
-            objective.make_objective(self.objective)  # checks the name
-        elif not callable(self.objective):
-            raise ValueError(f"objective={self.objective!r} must be a name in "
-                             f"{objective.OBJECTIVES} or a function (g_pos_LxB, g_neg_LxM, "
-                             "thetas_L) -> (L,) losses.")
         for name in ("readout_layers", "score_layers"):  # checked here, resolved below
             if getattr(self, name) is not None:
                 set_(name, tuple(int(i) for i in getattr(self, name)))
         self.readout_layer_ids, self.score_layer_ids  # noqa: B018 (raise if out of range)
+
+    def _check_objective_kind(self, gen) -> None:
+        if isinstance(self.objective, str):
+            objective.make_objective(self.objective)  # checks the name
+        elif not callable(self.objective) and not isinstance(self.objective,
+                                                              objective.GroupObjective):
+            raise ValueError(f"objective={self.objective!r} must be a name in "
+                             f"{objective.OBJECTIVES}, a function (g_pos_LxB, g_neg_LxM, "
+                             "thetas_L) -> (L,) losses, or an objective.GroupObjective.")
+        if self.uses_groups:
+            if gen is not negatives_lib.no_negatives:
+                raise ValueError(f"negatives={self.negatives!r}: a class-group objective "
+                                 "uses no negative data; set negatives='none'.")
+            if self.encoding.carries_label:
+                raise ValueError("a class-group objective reads the class off the "
+                                 "activity, so the input must not hold the label: set "
+                                 "label_encoding='none'.")
+        elif gen is negatives_lib.no_negatives:
+            raise ValueError("negatives='none' leaves this objective nothing to contrast "
+                             "the positives with; it is for class-group objectives "
+                             "(objective='group_softmax').")
+
+    @property
+    def uses_groups(self) -> bool:
+        """Whether the objective is a class-group one (objective.GroupObjective)."""
+        return isinstance(self.objective_fn(), objective.GroupObjective)
 
     @property
     def num_layers(self) -> int:
@@ -257,9 +287,10 @@ class FFSpec:
         """F: the number of features the softmax readout reads."""
         return sum(self.layer_sizes[i] for i in self.readout_layer_ids)
 
-    def objective_fn(self) -> objective.Objective:
-        """The per-layer objective as a function, with its settings."""
-        if callable(self.objective):
+    def objective_fn(self):
+        """The per-layer objective with its settings: a function of the goodness of
+        positives and negatives, or an objective.GroupObjective."""
+        if not isinstance(self.objective, str):
             return self.objective
         if self.objective == "symba":
             return objective.make_objective("symba", alpha=self.symba_alpha)

@@ -200,3 +200,53 @@ def test_theta_defaults_to_each_layers_number_of_units():
     assert spec.thetas == (36.0, 2.0, 7.0)
     assert spec.layer_fan_ins == (18, 36, 2)
     assert dataclasses.replace(spec, theta=5.0).thetas == (5.0,) * 3
+
+
+GROUPS = dict(hidden=("conv:6:3", "conv:3:3:p2", 9), input_shape=IMG, num_classes=C,
+              objective="group_softmax", label_encoding="none", negatives="none",
+              readout=False)
+
+
+def test_class_group_objective_is_local_and_reads_the_class_off_one_pass():
+    spec = FFSpec(**GROUPS)
+    params = network.init_network(jax.random.key(0), spec)
+    x, y = _data(spec, n=6)
+    xf = labels.to_float(x)
+    for k in range(spec.num_layers):
+        grads = jax.grad(lambda p: epoch.local_losses(p, xf, xf[:0], spec, y=y)[0][k])(params)
+        for j, g in enumerate(grads):
+            total = sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(g))
+            assert (total > 0) == (j == k), (k, j)
+    g = inference.layer_goodness(params, x, spec)  # (B, L, C) from one pass
+    h = network.forward(params, xf, spec)[0]  # (B, 6, 6, 6): channels 2c, 2c+1 are class c
+    np.testing.assert_allclose(g[:, 0, 1], jnp.mean(h[..., 2:4] ** 2, axis=(1, 2, 3)),
+                               rtol=1e-5)
+    _, metrics, _ = epoch.local_losses(params, xf, xf[:0], spec, y=y)
+    np.testing.assert_allclose(metrics.acc_pos, jnp.mean(
+        jnp.argmax(g, -1) == y[:, None], axis=0), rtol=1e-6)
+
+
+def test_class_group_objective_learns_mnist(mnist):
+    """Channel-wise competition with no label in the input and no negatives: two dense
+    layers of 10 groups of 20 units, 2 epochs on 10k MNIST images, read off one pass."""
+    spec = FFSpec(hidden=(200, 200), input_shape=(784,), objective="group_softmax",
+                  temperature=0.05, label_encoding="none", negatives="none",
+                  peer_strength=0.0)
+    r = driver.fit(jax.random.key(0), mnist.x_train[:10_000], mnist.y_train[:10_000], spec,
+                   epochs=2, optimizer=optim.OptimizerSpec(name="adam", lr=3e-3))
+    pred = inference.make_predict(spec)(epoch.params_of(r.state), mnist.x_train[50_000:52_000],
+                                        r.state.readout.params)
+    y = mnist.y_train[50_000:52_000]
+    assert inference.accuracy(pred.combined, y) > 0.88
+    assert all(inference.accuracy(pred.per_layer[:, i], y) > 0.85 for i in range(2))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(negatives="hard"), "uses no negative data; set negatives='none'"),
+    (dict(label_encoding="first_features"), "must not hold the label"),
+    (dict(hidden=("conv:4:3",)), "4 channels .* cannot be split into 3"),
+    (dict(objective="logistic"), "nothing to contrast"),
+])
+def test_class_group_settings_that_cannot_work_are_refused(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        FFSpec(**{**GROUPS, **kw})

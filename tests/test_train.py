@@ -42,7 +42,7 @@ OBJECTIVES = [objective.logistic, objective.make_objective("symba", alpha=4.0),
 
 
 @pytest.mark.parametrize("net", list(NETS))
-@pytest.mark.parametrize("objective_fn", OBJECTIVES, ids=objective.OBJECTIVES)
+@pytest.mark.parametrize("objective_fn", OBJECTIVES, ids=["logistic", "symba", "collaborative"])
 @pytest.mark.parametrize("peer_strength", [0.0, 0.03])
 def test_locality_gradient_of_layer_k_reaches_layer_k_alone(net, objective_fn,
                                                             peer_strength):
