@@ -105,6 +105,26 @@ ROWS += [("fashion, round 2", label, [*FASHION, *flags]) for label, flags in [
 ROWS += [("recipe: regularizers", "readout label smoothing 0.1, input noise 0.1, reference update",
           [*REF, *CHOSEN])]
 
+# Conv and local FF, first screens (5 epochs on the validation split): the objective (the
+# threshold logistic with hard negatives and the label in the input, against channel-wise
+# class-group competition with no label and no negatives) and the block type.
+ADAM_CONV = ["--optimizer", "adam", "--lr-scaling", "none", "--weight-decay", "0",
+             "--readout-lr", "0.003", "--readout-weight-decay", "0", "--readout-bias"]
+GROUPS = ["--objective", "group_softmax", "--label-encoding", "none", "--negatives", "none",
+          "--peer-strength", "0", *ADAM_CONV, "--lr", "0.003"]
+CONV3 = ["--hidden", "conv:20:5:p2", "conv:80:3:p2", "conv:160:3", "--epochs", "5"]
+ROWS += [("conv", label, flags) for label, flags in [
+    ("3 conv, class groups, T 0.05", [*CONV3, *GROUPS, "--temperature", "0.05"]),
+    ("3 conv, class groups, T 0.2", [*CONV3, *GROUPS, "--temperature", "0.2"]),
+    ("2 conv, logistic, hard negatives, label in the first pixels, reference update",
+     ["--hidden", "conv:32:5:p2", "conv:64:3:p2", "--epochs", "5"]),
+    ("2 conv, logistic, hard negatives, label channels, Adam 0.0003",
+     ["--hidden", "conv:16:5:p2", "conv:32:3:p2", "--epochs", "5", "--label-encoding",
+      "channels", *ADAM_CONV, "--lr", "0.0003"]),
+    ("2 local, logistic, hard negatives, label in the first pixels, reference update",
+     ["--hidden", "local:16:5:s2", "local:16:3", "--epochs", "5"]),
+]]
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
