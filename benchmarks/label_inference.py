@@ -5,7 +5,7 @@ For each architecture, both forms of inference.layer_goodness (the shared first 
 layer_goodness_shared, and one full pass per label, layer_goodness_per_label) are jitted
 and timed on the same 10k MNIST-shaped examples in the same run: compilation apart, then
 the median of --repeats blocked calls. The largest difference between the two goodness
-arrays and whether their predictions agree are recorded with the times. Results go to
+arrays and how often their predictions agree are recorded with the times. Results go to
 benchmarks/results/<device>-<date>-label-inference.json.
 """
 
@@ -43,7 +43,9 @@ def bench_config(sizes, *, repeats: int, n: int = 10_000, seed: int = 0) -> dict
         row[f"{name}_seconds_all"] = times
     a, b = (np.asarray(out[k]) for k in ("per_label", "shared"))
     row["max_rel_goodness_diff"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1.0)))
-    row["same_predictions"] = bool(np.array_equal(a.sum(1).argmax(-1), b.sum(1).argmax(-1)))
+    # Untrained weights on random pixels score the labels nearly alike, so rounding can
+    # flip a few near-ties: the agreement is reported, not assumed.
+    row["prediction_agreement"] = float(np.mean(a.sum(1).argmax(-1) == b.sum(1).argmax(-1)))
     row["speedup"] = row["per_label_seconds_median"] / row["shared_seconds_median"]
     return row
 
@@ -63,8 +65,8 @@ def main(argv=None):
         print(f"{cfg:>24}: C passes {1e3 * row['per_label_seconds_median']:.1f} ms, shared "
               f"first layer {1e3 * row['shared_seconds_median']:.1f} ms on 10k: "
               f"{row['speedup']:.2f}x (max rel. goodness diff "
-              f"{row['max_rel_goodness_diff']:.1e}, same predictions: "
-              f"{row['same_predictions']})", flush=True)
+              f"{row['max_rel_goodness_diff']:.1e}, predictions agree on "
+              f"{100 * row['prediction_agreement']:.2f} %)", flush=True)
     info = {"benchmark": "label_inference", **record.provenance(), "results": rows}
     out = record.write_json(args.out or f"benchmarks/results/{record.device_slug()}-"
                             f"{info['date'][:10]}-label-inference.json", info)
