@@ -24,7 +24,7 @@ def _field(default, help: str):
 class Config:
     """Settings of one FF run. Every field is a command-line flag (--field-name)."""
 
-    dataset: str = _field("mnist", "dataset: mnist or fashion_mnist")
+    dataset: str = _field("mnist", "dataset: mnist, fashion_mnist or cifar10")
     data_dir: typing.Optional[str] = _field(
         None, f"folder holding mnist/ and fashion-mnist/ with the four IDX .gz files "
               f"(default: ${data.DATA_DIR_ENV}, else fetched with tensorflow-datasets)")
@@ -127,7 +127,8 @@ class Config:
     overwrite: bool = _field(False, "allow writing into a run directory that has files")
     preset: typing.Optional[str] = _field(
         None, "start from a named set of settings (flags given explicitly still win): "
-              "hinton = the reference recipe of the author's code")
+              "hinton = the reference recipe of the author's code; cifar10-conv = a conv "
+              "network for CIFAR-10 (unmeasured)")
 
 
 # Named settings. "hinton" is the reference recipe of the author's MATLAB code
@@ -146,6 +147,16 @@ PRESETS = {
                    readout=True, readout_lr=0.1, readout_weight_decay=0.003,
                    readout_bias=False, readout_layers=None, score_layers=None,
                    score_first_layer=False, schedule="simultaneous"),
+    # Not measured (no CIFAR-10 here): channel-wise competition (class groups of each
+    # conv layer's channels, no label in the input, no negatives) on four conv layers,
+    # the geometry of the published channel-wise competitive FF network, with the
+    # settings of the first MNIST conv screens (docs/blocks.md).
+    "cifar10-conv": dict(hidden=("conv:20:3", "conv:80:3:p2", "conv:240:3", "conv:480:3:p2"),
+                         epochs=50, batch_size=100, objective="group_softmax",
+                         temperature=0.05, label_encoding="none", negatives="none",
+                         peer_strength=0.0, optimizer="adam", lr=0.003, lr_scaling="none",
+                         weight_decay=0.0, readout=True, readout_lr=0.003,
+                         readout_weight_decay=0.0, readout_bias=True),
 }
 
 

@@ -31,8 +31,20 @@ DATASETS = {
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
 }
 
+# CIFAR-10 in its binary release (the archive TFDS fetches): five training batches and
+# one test batch of 10000 records, each one label byte then 3072 pixel bytes (1024 red,
+# 1024 green, 1024 blue, row-major 32 x 32).
+CIFAR10 = "cifar10"
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST = ("test_batch.bin",)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+DATASETS[CIFAR10] = ("cifar10", "cifar10", CIFAR10_CLASSES)
+
 # One example's image shape (H, W, C) per dataset.
-IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1)}
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), CIFAR10: (32, 32, 3)}
 
 # SHA-256 of the official training labels (60000 uint8 values, in order): tells the two
 # datasets apart whatever the files are called or however they were compressed.
@@ -154,6 +166,65 @@ def _from_files(files: dict, name: str) -> Dataset:
     return Dataset(x_train, y_train, x_test, y_test, num_classes, class_names)
 
 
+def read_cifar10_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch: images (N, 32 * 32 * 3) uint8, flattened in (H, W, C)
+    order like the other datasets' pixels, and labels (N,) int32."""
+    record = 1 + 32 * 32 * 3
+    if not raw or len(raw) % record:
+        raise DataError(f"{where}: {len(raw)} bytes is not a whole number of CIFAR-10 "
+                        f"records ({record} bytes each); the file is truncated or not "
+                        "CIFAR-10's binary release.")
+    rows = np.frombuffer(raw, np.uint8).reshape(-1, record)
+    y = rows[:, 0].astype(np.int32)
+    if int(y.max()) >= len(CIFAR10_CLASSES):
+        raise DataError(f"{where}: labels go up to {int(y.max())}, but CIFAR-10 has 10 "
+                        "classes; the file is not CIFAR-10's binary release.")
+    x = rows[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(len(rows), -1)
+    return np.ascontiguousarray(x), y
+
+
+def _cifar10_from(read, where: str) -> Dataset:
+    """CIFAR-10 from `read(member name) -> bytes` (a folder or the archive)."""
+    parts = {}
+    for split, names in (("train", CIFAR10_TRAIN), ("test", CIFAR10_TEST)):
+        batches = [read_cifar10_batch(read(n), f"{where}/{n}") for n in names]
+        parts[split] = (np.concatenate([b[0] for b in batches]),
+                        np.concatenate([b[1] for b in batches]))
+    return Dataset(*parts["train"], *parts["test"], len(CIFAR10_CLASSES), CIFAR10_CLASSES)
+
+
+def load_cifar10_archive(path) -> Dataset:
+    """CIFAR-10 from its binary release's archive (cifar-10-binary.tar.gz), read in
+    place."""
+    import tarfile
+    path = Path(path)
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            def read(name):
+                member = f"{CIFAR10_FOLDER}/{name}"
+                try:
+                    return tar.extractfile(member).read()
+                except KeyError:
+                    raise DataError(f"{path} has no {member}: it is not CIFAR-10's binary "
+                                    "release.") from None
+            return _cifar10_from(read, f"{path}:{CIFAR10_FOLDER}")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated archive ({e}). Delete it and fetch "
+                        "it again.") from None
+
+
+def _load_cifar10_local(root: Path) -> Dataset:
+    for d in (root / "cifar10", root):
+        if (d / CIFAR10_ARCHIVE).is_file():
+            return load_cifar10_archive(d / CIFAR10_ARCHIVE)
+        folder = d / CIFAR10_FOLDER
+        if folder.is_dir():
+            return _cifar10_from(lambda n: _read_bytes(folder / n), str(folder))
+    raise DataError(f"cifar10: looked in {root / 'cifar10'} and {root} and found neither "
+                    f"{CIFAR10_ARCHIVE} nor {CIFAR10_FOLDER}/ (the binary release's "
+                    "folder).")
+
+
 def canonical_name(name: str) -> str:
     """The dataset's key in DATASETS ("fashion-mnist" -> "fashion_mnist")."""
     return str(name).replace("-", "_").lower()
@@ -169,17 +240,22 @@ def _check_name(name: str) -> str:
 def load_local(name: str, data_dir) -> Dataset:
     """Loads a dataset from `data_dir/<folder>/` (folder `mnist` or `fashion-mnist`)
     holding the four standard IDX .gz files (or the same files gunzipped); `data_dir` may
-    also be that folder itself."""
+    also be that folder itself. CIFAR-10: `data_dir/cifar10/` (or `data_dir`) holding
+    cifar-10-binary.tar.gz or its extracted cifar-10-batches-bin/."""
     name = _check_name(name)
     folder, _, _ = DATASETS[name]
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         what = "is a file, not a directory" if root.exists() else "does not exist"
+        files = (f"{CIFAR10_ARCHIVE} (or {CIFAR10_FOLDER}/)" if name == CIFAR10
+                 else "the four IDX files")
         raise DataError(
             f"data directory {root} {what}. Point --data-dir (or {DATA_DIR_ENV}) "
-            f"at a folder holding {folder}/ with the four IDX files, or leave both unset "
+            f"at a folder holding {folder}/ with {files}, or leave both unset "
             "to fetch the data with tensorflow-datasets."
         )
+    if name == CIFAR10:
+        return _load_cifar10_local(root)
 
     def find(d: Path, gz_name: str):  # the .gz file, or the same file gunzipped
         return next((d / n for n in (gz_name, gz_name[:-3]) if (d / n).is_file()), None)
@@ -196,10 +272,10 @@ def load_local(name: str, data_dir) -> Dataset:
 
 
 def load_tfds(name: str, *, download_dir=None, manual_dir=None) -> Dataset:
-    """Fetches (or finds) the raw IDX files through TFDS and parses them; no TensorFlow.
+    """Fetches (or finds) the raw files through TFDS and parses them; no TensorFlow.
 
     TFDS's DownloadManager, given the dataset's registered checksums, downloads the
-    four files from the official source into `download_dir` (default
+    files (MNIST's four IDX files, CIFAR-10's binary archive) from the official source into `download_dir` (default
     ~/tensorflow_datasets/downloads), or takes them from `manual_dir`, and verifies
     every checksum.
     """
@@ -236,6 +312,8 @@ def load_tfds(name: str, *, download_dir=None, manual_dir=None) -> Dataset:
             f"Without internet, pass --data-dir / set {DATA_DIR_ENV} to a folder with the "
             "IDX files."
         ) from None
+    if name == CIFAR10:
+        return load_cifar10_archive(paths[CIFAR10_ARCHIVE])
     return _from_files({k: Path(paths[f]) for k, f in IDX_FILES.items()}, name)
 
 
@@ -256,7 +334,8 @@ def _reachable(host: str, timeout: float = 5.0) -> bool:
 
 
 def load(name: str, data_dir=None) -> Dataset:
-    """Loads MNIST or Fashion-MNIST: from `data_dir`, else $FFJAX_DATA_DIR, else TFDS."""
+    """Loads MNIST, Fashion-MNIST or CIFAR-10: from `data_dir`, else $FFJAX_DATA_DIR,
+    else TFDS."""
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
     if data_dir:
         return load_local(name, data_dir)

@@ -1,9 +1,9 @@
 """The host loop: set up, place, compile the epoch once, run it epoch by epoch, time it.
 
 `fit` trains one model, or K seeds of it at once (jax.vmap over the training state);
-`fit_grid` trains a grid of seeds x thresholds x learning rates at once. Both build a
-Program (placed state, jitted state-donating epochs from ffjax.epoch) and run it through
-the same loop, run_program.
+`fit_grid` trains a grid of seeds x thresholds x learning rates at once. Both build their
+Program (placed state, jitted state-donating epochs from ffjax.epoch) with the one
+builder, make_program, and run it through the same loop, run_program.
 """
 
 from __future__ import annotations
@@ -176,13 +176,6 @@ def run_program(program: Program, *, on_epoch=None, start_epoch: int = 0) -> Fit
     return FitResult(state, history, compile_seconds, train_seconds, done, p.num_devices)
 
 
-def _layer_optimizers(optimizer, fan_ins, steps_per_epoch, epochs):
-    if isinstance(optimizer, optim.OptimizerSpec):
-        return optimizer.layer_optimizers(fan_ins, steps_per_epoch=steps_per_epoch,
-                                          epochs=epochs)
-    return optimizer
-
-
 def fit(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
         batch_size: int = 100, optimizer=optim.OptimizerSpec(),
         readout_optimizer: optax.GradientTransformation | None = None,
@@ -196,8 +189,9 @@ def fit(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
     Args:
       key: PRNG key; split into the initialization key and the data key (shuffling and
         negative labels, folded with the epoch index).
-      x_NxD: (N, D) uint8 pixels or float features. y_N: (N,) int labels in [0, C).
-      spec: the model and its objective (FFSpec; spec.hidden are the hidden widths).
+      x_NxD: (N, ...) uint8 pixels or float features (images for conv and local
+        blocks). y_N: (N,) int labels in [0, C).
+      spec: the model and its objective (FFSpec; spec.hidden are its blocks).
       epochs: passes over the data.
       batch_size: minibatch size.
       optimizer: an optim.OptimizerSpec (default: the experiments' smoothed SGD), or an
@@ -215,9 +209,9 @@ def fit(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
         (a template of the structure, shapes and dtypes) and returns the saved state
         after `start_epoch` epochs (e.g. Checkpoints.restore). The run then ends in
         exactly the state of the uninterrupted run on the same platform.
-      devices: data parallelism over these devices (a list, or a count of the first
-        jax.devices()): every minibatch is split across them (ffjax.parallel);
-        batch_size must divide by their number.
+      devices: None (one device), or data parallelism over these devices (a list, or a
+        count of the first jax.devices()): every minibatch is split across them
+        (ffjax.parallel); batch_size must divide by their number.
 
     Raises:
       ValueError: bad arguments, before anything is compiled.
@@ -235,21 +229,64 @@ def fit(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
     return run_program(program, on_epoch=on_epoch, start_epoch=start_epoch)
 
 
-def make_program(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
+def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, spec: FFSpec = FFSpec(), *,
+             epochs: int, batch_size: int = 100,
+             optimizer: optim.OptimizerSpec = optim.OptimizerSpec(),
+             schedule: str = "simultaneous", devices=None,
+             on_epoch: Callable[[EpochReport, epoch_lib.TrainState], None] | None = None
+             ) -> FitResult:
+    """Trains every grid point at once: run_program(make_program(grid=points, ...)).
+    Point k is the run `fit` would do with key jax.random.key(seed_k), threshold
+    theta_k for every layer (None: each layer's number of units) and learning rate
+    lr_k; a diverged point does not stop the others (its losses are NaN in the
+    history). Arguments as in make_program."""
+    program = make_program(None, x_NxD, y_N, spec, epochs=epochs, batch_size=batch_size,
+                           optimizer=optimizer, grid=points, schedule=schedule,
+                           devices=devices)
+    return run_program(program, on_epoch=on_epoch)
+
+
+def make_program(key: jax.Array | None, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
                  batch_size: int = 100, optimizer=optim.OptimizerSpec(),
                  readout_optimizer: optax.GradientTransformation | None = None,
-                 num_seeds: int | None = None, schedule: str = "simultaneous",
-                 devices=None, resume_from: Callable | None = None) -> Program:
-    """fit's program, built but not run (arguments as in fit): for callers that drive
-    or time the epochs themselves, e.g. the benchmarks."""
+                 num_seeds: int | None = None, grid: Sequence[GridPoint] | None = None,
+                 schedule: str = "simultaneous", devices=None,
+                 resume_from: Callable | None = None) -> Program:
+    """The one program builder behind fit and fit_grid, built but not run: one model,
+    `num_seeds` seeds of it, or a `grid` of (seed, threshold, learning rate) points,
+    each in one compiled program (for callers that drive or time the epochs
+    themselves, e.g. the benchmarks).
+
+    Args (others as in fit):
+      key: the PRNG key of one model or of the seeds; None with a grid (each point
+        names its seed).
+      grid: GridPoints (make_grid). Each model's learning rate lives in its optimizer
+        state (optim.with_lr) and its thresholds are an argument of the epoch, so one
+        compiled epoch trains every point; optimizer must then be an OptimizerSpec.
+      devices: None: one device. Otherwise a list of devices or a count of the first
+        jax.devices(): one model or its seeds split every minibatch across them (data
+        parallelism; batch_size must divide by their number); a grid is split across
+        them by model (the largest count that divides the number of points is used).
+    """
     _check_data(x_NxD, y_N, spec, epochs, batch_size)
     phases = phase_plan(schedule, epochs, spec.num_layers)
+    if grid is not None:
+        if num_seeds is not None or key is not None:
+            raise ValueError("a grid names each point's seed: pass key=None and no "
+                             "num_seeds with grid.")
+        if not grid:
+            raise ValueError("the grid is empty.")
+        if not isinstance(optimizer, optim.OptimizerSpec) or readout_optimizer is not None:
+            raise ValueError("a grid sets each point's learning rate in an "
+                             "optim.OptimizerSpec: pass optimizer=OptimizerSpec(...) and "
+                             "no readout_optimizer.")
+    elif key is None:
+        raise ValueError("key is needed (a jax.random.key), unless a grid is given.")
     if num_seeds is not None and int(num_seeds) <= 0:
         raise ValueError(f"num_seeds={num_seeds} must be a positive integer (or None).")
     spec = spec.for_input(x_NxD.shape[1:])
     steps = len(y_N) // int(batch_size)
-    # A layer's schedule spans the epochs in which it trains.
-    opt = _layer_optimizers(optimizer, spec.layer_fan_ins, steps, max(n for _, n in phases))
+    span = max(n for _, n in phases)  # a layer's schedule spans the epochs it trains in
     if isinstance(optimizer, optim.OptimizerSpec):
         if readout_optimizer is not None:
             raise ValueError("readout_optimizer is given with an OptimizerSpec, which "
@@ -259,105 +296,68 @@ def make_program(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs:
         if spec.trains_readout:
             readout_optimizer = optimizer.readout_optimizer(steps_per_epoch=steps,
                                                             epochs=epochs)
-    mesh = None
-    if devices is not None:
-        devices = parallel.select_devices(devices) if isinstance(devices, int) else devices
-        if len(devices) > 1:
-            parallel.check_batch_divides(batch_size, len(devices))
-            mesh = parallel.data_mesh(devices)
+        opt = optimizer.layer_optimizers(spec.layer_fan_ins, steps_per_epoch=steps,
+                                         epochs=span, lr=1.0 if grid else None)
+    else:
+        opt = optimizer
+    many = grid is not None or num_seeds is not None
+    extra = ()
+    if grid is not None:
+        relative = opt
 
-    def setup(k):
+        def layer_optimizers(lr):
+            return tuple(optim.with_lr(o, lr) for o in relative)
+
+        opt = layer_optimizers(1.0)  # one update function: each state holds its own lr
+        keys = jax.vmap(jax.random.key)(jnp.asarray([p.seed for p in grid], jnp.uint32))
+        lrs = jnp.asarray([p.lr for p in grid], jnp.float32)
+        extra = (jnp.asarray([objective.resolve_thetas(p.theta, spec.layer_sizes)
+                              for p in grid], jnp.float32),)
+
+    def setup(k, lr=None):
         init_key, data_key = jax.random.split(k)
-        return epoch_lib.init_train_state(init_key, spec, spec.input_shape, opt,
+        layer_opt = opt if lr is None else layer_optimizers(lr)
+        return epoch_lib.init_train_state(init_key, spec, spec.input_shape, layer_opt,
                                           readout_optimizer), data_key
 
-    many = num_seeds is not None
-    state, data_key = (jax.vmap(setup)(jax.random.split(key, int(num_seeds))) if many
-                       else setup(key))
+    if grid is not None:
+        state, data_key = jax.vmap(setup)(keys, lrs)
+        # Every layer's optimizer state holds the same lrs array: give each leaf its own
+        # buffer, since the epoch donates the state.
+        state = jax.tree.map(jnp.copy, state)
+    elif many:
+        state, data_key = jax.vmap(setup)(jax.random.split(key, int(num_seeds)))
+    else:
+        state, data_key = setup(key)
     if resume_from is not None:
         state = resume_from(state)
-    if mesh is None:
+
+    if devices is not None and not isinstance(devices, (list, tuple)):
+        devices = parallel.select_devices(devices)
+    data_mesh = batch_sharding = None
+    num_devices = 1
+    if devices is not None and len(devices) > 1 and grid is not None:
+        mesh = parallel.model_mesh(list(devices), len(grid))
+        num_devices = mesh.size
+        if mesh.size > 1:
+            state, data_key, extra = parallel.shard_models((state, data_key, extra), mesh)
+            x, y = parallel.replicate((x_NxD, y_N), mesh)
+    elif devices is not None and len(devices) > 1:
+        parallel.check_batch_divides(batch_size, len(devices))
+        data_mesh = parallel.data_mesh(list(devices))
+        num_devices = data_mesh.size
+        batch_sharding = parallel.batch_sharding(data_mesh)
+        state, data_key, x, y = parallel.replicate((state, data_key, x_NxD, y_N), data_mesh)
+    if num_devices == 1:
         x, y = jax.device_put(x_NxD), jax.device_put(y_N)
-    else:
-        state, data_key, x, y = parallel.replicate((state, data_key, x_NxD, y_N), mesh)
 
     def jitted_epoch(trainable):
-        fn = epoch_lib.make_train_epoch(
-            spec, opt, readout_optimizer, batch_size=batch_size, trainable=trainable,
-            batch_sharding=None if mesh is None else parallel.batch_sharding(mesh))
-        return jax.jit(jax.vmap(fn, in_axes=(0, None, None, 0)) if many else fn,
-                       donate_argnums=0)
+        fn = epoch_lib.make_train_epoch(spec, opt, readout_optimizer, batch_size=batch_size,
+                                        trainable=trainable, batch_sharding=batch_sharding)
+        if many:
+            fn = jax.vmap(fn, in_axes=(0, None, None, 0) + (0,) * len(extra))
+        return jax.jit(fn, donate_argnums=0)
 
     return Program(state, data_key, tuple(jitted_epoch(t) for t, _ in phases),
-                   tuple(n for _, n in phases), x, y, many,
-                   num_devices=1 if mesh is None else mesh.size)
-
-
-def fit_grid(points: Sequence[GridPoint], x_NxD, y_N, spec: FFSpec = FFSpec(), *,
-             epochs: int, batch_size: int = 100,
-             optimizer: optim.OptimizerSpec = optim.OptimizerSpec(), devices=None,
-             on_epoch: Callable[[EpochReport, epoch_lib.TrainState], None] | None = None
-             ) -> FitResult:
-    """run_program(make_grid_program(...)): see make_grid_program."""
-    program = make_grid_program(points, x_NxD, y_N, spec, epochs=epochs,
-                                batch_size=batch_size, optimizer=optimizer, devices=devices)
-    return run_program(program, on_epoch=on_epoch)
-
-
-def make_grid_program(points: Sequence[GridPoint], x_NxD, y_N, spec: FFSpec = FFSpec(), *,
-                      epochs: int, batch_size: int = 100,
-                      optimizer: optim.OptimizerSpec = optim.OptimizerSpec(),
-                      devices=None) -> Program:
-    """Trains every grid point at once: point k is the run `fit` would do with key
-    jax.random.key(seed_k), threshold theta_k for every layer (None: each layer's
-    width) and learning rate lr_k. The learning rate lives in each model's optimizer
-    state (optim.with_lr) and the thresholds are an argument of the epoch, so one
-    compiled epoch trains every point. A diverged point does not stop the others (its
-    losses are NaN in the history).
-
-    Args:
-      points: the grid (make_grid).
-      optimizer: every point's optimizer settings, with the point's lr.
-      devices: split the grid over these devices (or the first N; default all): the
-        largest count that divides the number of points is used.
-      Others: as in fit.
-    """
-    _check_data(x_NxD, y_N, spec, epochs, batch_size)
-    if not points:
-        raise ValueError("the grid is empty.")
-    spec = spec.for_input(x_NxD.shape[1:])
-    steps = len(y_N) // int(batch_size)
-    relative = optimizer.layer_optimizers(spec.layer_fan_ins, steps_per_epoch=steps,
-                                          epochs=epochs,
-                                          lr=1.0)
-    ro = (optimizer.readout_optimizer(steps_per_epoch=steps, epochs=epochs)
-          if spec.trains_readout else None)
-
-    def layer_optimizers(lr):
-        return tuple(optim.with_lr(o, lr) for o in relative)
-
-    def setup(key, lr):
-        init_key, data_key = jax.random.split(key)
-        return epoch_lib.init_train_state(init_key, spec, spec.input_shape,
-                                          layer_optimizers(lr), ro), data_key
-
-    keys = jax.vmap(jax.random.key)(jnp.asarray([p.seed for p in points], jnp.uint32))
-    lrs = jnp.asarray([p.lr for p in points], jnp.float32)
-    thetas = jnp.asarray([objective.resolve_thetas(p.theta, spec.layer_sizes) for p in points],
-                         jnp.float32)
-    state, data_keys = jax.vmap(setup)(keys, lrs)
-    # Every layer's optimizer state holds the same lrs array: give each leaf its own
-    # buffer, since the epoch donates the state.
-    state = jax.tree.map(jnp.copy, state)
-    fn = epoch_lib.make_train_epoch(spec, layer_optimizers(1.0), ro, batch_size=batch_size)
-    grid_epoch = jax.jit(jax.vmap(fn, in_axes=(0, None, None, 0, 0)), donate_argnums=0)
-
-    devices = parallel.select_devices(devices) if not isinstance(devices, list) else devices
-    mesh = parallel.model_mesh(devices, len(points))
-    if mesh.size > 1:
-        state, data_keys, thetas = parallel.shard_models((state, data_keys, thetas), mesh)
-        x, y = parallel.replicate((x_NxD, y_N), mesh)
-    else:
-        x, y = jax.device_put(x_NxD), jax.device_put(y_N)
-    return Program(state, data_keys, (grid_epoch,), (int(epochs),), x, y, many=True,
-                   extra=(thetas,), num_devices=mesh.size, check=False)
+                   tuple(n for _, n in phases), x, y, many, extra=extra,
+                   num_devices=num_devices, check=grid is None)

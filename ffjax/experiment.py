@@ -304,7 +304,9 @@ def run(cfg: Config) -> dict:
             "eval_accuracy", "eval_accuracy_by_score_layers", "eval_accuracy_softmax")
             if k in rows[-1]})
     rec.write_results(results)
-    rec.write_plots(rows, x_final, y_final, final["pred"], ds.class_names)
+    images = np.asarray(x_final).reshape(
+        (len(x_final),) + data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)])
+    rec.write_plots(rows, images, y_final, final["pred"], ds.class_names)
     return results
 
 

@@ -61,13 +61,15 @@ def plot_accuracy(rows: Sequence[dict], path) -> Path:
 
 def plot_predictions(x_NxD: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
                      class_names: Sequence[str], path, *, count: int = 36) -> Path:
-    """A grid of the first `count` examples (square images) titled predicted / true;
-    wrong predictions in red."""
+    """A grid of the first `count` examples, flat square grey images (N, D) or images
+    (N, H, W, 1 or 3), titled predicted / true; wrong predictions in red."""
     count = min(count, len(x_NxD))
-    x_NxD = np.asarray(x_NxD).reshape(len(x_NxD), -1)
-    side = int(round(math.sqrt(x_NxD.shape[1])))
-    if side * side != x_NxD.shape[1]:
-        raise ValueError(f"features of width {x_NxD.shape[1]} are not square images.")
+    x = np.asarray(x_NxD)
+    if x.ndim == 2:  # flat pixels of square grey images
+        side = int(round(math.sqrt(x.shape[1])))
+        if side * side != x.shape[1]:
+            raise ValueError(f"features of width {x.shape[1]} are not square images.")
+        x = x.reshape(len(x), side, side, 1)
     cols = int(math.ceil(math.sqrt(count)))
     rows = int(math.ceil(count / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows))
@@ -75,7 +77,8 @@ def plot_predictions(x_NxD: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
         ax.axis("off")
         if i >= count:
             continue
-        ax.imshow(np.asarray(x_NxD[i]).reshape(side, side), cmap="gray")
+        img = x[i] if x.shape[-1] == 3 else x[i, ..., 0]
+        ax.imshow(img, cmap=None if x.shape[-1] == 3 else "gray")
         ok = int(y_pred[i]) == int(y_true[i])
         ax.set_title(f"{class_names[int(y_pred[i])]} / {class_names[int(y_true[i])]}",
                      fontsize=7, color="black" if ok else "red")

@@ -128,3 +128,68 @@ def test_default_path_without_network_fails_in_seconds(tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match="cannot be reached"):
         data.load_tfds("fashion_mnist", download_dir=tmp_path / "dl")
     assert time.perf_counter() - t0 < 30
+
+
+def _cifar_archive(path, records_per_batch=2, test_records=3):
+    """A tiny archive in CIFAR-10's binary format: record k of every batch has label
+    k % 10 and planes red = k, green = 100 + k, blue = 200 + k."""
+    import io
+    import tarfile
+
+    def batch(n):
+        return b"".join(bytes([k % 10]) + bytes([k]) * 1024 + bytes([100 + k]) * 1024
+                        + bytes([200 + k]) * 1024 for k in range(n))
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, n in [*((f"data_batch_{i}.bin", records_per_batch) for i in range(1, 6)),
+                        ("test_batch.bin", test_records)]:
+            raw = batch(n)
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def test_cifar10_in_its_own_binary_format(tmp_path):
+    (tmp_path / "cifar10").mkdir()
+    _cifar_archive(tmp_path / "cifar10" / data.CIFAR10_ARCHIVE)
+    ds = data.load("cifar10", tmp_path)
+    assert ds.x_train.shape == (10, 32 * 32 * 3) and ds.x_test.shape == (3, 3072)
+    assert ds.y_train.tolist() == [0, 1] * 5 and ds.num_classes == 10
+    img = data.reshaped(ds, (32, 32, 3)).x_test[2]  # (H, W, C): red, green, blue planes
+    assert img.shape == (32, 32, 3) and img[5, 7].tolist() == [2, 102, 202]
+    assert ds.class_names[9] == "truck"
+    # The same files extracted into their folder read the same.
+    import tarfile
+    with tarfile.open(tmp_path / "cifar10" / data.CIFAR10_ARCHIVE) as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    again = data.load("cifar10", tmp_path / "extracted")
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+
+
+def test_broken_cifar10_files_are_named(tmp_path):
+    folder = tmp_path / data.CIFAR10_FOLDER
+    folder.mkdir()
+    for name in (*data.CIFAR10_TRAIN, *data.CIFAR10_TEST):
+        (folder / name).write_bytes(bytes(3073 * 2))
+    (folder / "data_batch_3.bin").write_bytes(bytes(3073 + 5))
+    with pytest.raises(data.DataError, match="data_batch_3.bin: 3078 bytes is not a whole "
+                                             "number of CIFAR-10 records"):
+        data.load("cifar10", tmp_path)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / data.CIFAR10_ARCHIVE).write_bytes(b"\x1f\x8b not really")
+    with pytest.raises(data.DataError, match="corrupt or truncated archive"):
+        data.load("cifar10", tmp_path / "c")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="found neither cifar-10-binary.tar.gz"):
+        data.load("cifar10", tmp_path / "empty")
+
+
+def test_cifar10_through_tfds_checks_the_archive(tmp_path):
+    """TFDS's download manager verifies CIFAR-10's registered checksum: an archive that
+    is not the official one is refused in one line."""
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    _cifar_archive(manual / data.CIFAR10_ARCHIVE)
+    with pytest.raises(data.DataError, match="could not fetch cifar10"):
+        data.load_tfds("cifar10", download_dir=tmp_path / "dl", manual_dir=manual)

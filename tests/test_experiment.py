@@ -72,6 +72,23 @@ def test_a_conv_network_from_the_command_line(data_dir, tmp_path):
     assert results["test_accuracy_softmax"] > 0.5
 
 
+def test_cifar10_entry_point_on_a_tiny_archive(tmp_path):
+    """python -m experiments.cifar10 end to end (its preset, with a small network) on an
+    archive in CIFAR-10's binary format: RGB images reach the conv blocks whole."""
+    from tests.test_data import _cifar_archive
+    (tmp_path / "cifar10").mkdir()
+    _cifar_archive(tmp_path / "cifar10" / "cifar-10-binary.tar.gz", records_per_batch=10)
+    out = tmp_path / "run"
+    proc = _run("experiments.cifar10", "--data-dir", tmp_path, "--epochs", 1, "--batch-size",
+                10, "--hidden", "conv:10:3:s2:p2", "conv:20:3", "--out-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["preset"] == "cifar10-conv"
+    assert results["config"]["objective"] == "group_softmax"
+    assert results["num_train"] == 50 and 0 <= results["test_accuracy"] <= 1
+    assert (out / "predictions.png").stat().st_size > 1000
+
+
 def test_fashion_mnist_experiment_with_validation_split(data_dir, tmp_path):
     out = tmp_path / "fm"
     proc = _run("experiments.fashion_mnist", "--epochs", 1, "--hidden", 32,

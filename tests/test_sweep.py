@@ -15,13 +15,20 @@ from ffjax.spec import FFSpec
 from tests.conftest import REPO
 
 
-def test_grid_points_equal_separate_runs(mnist):
+@pytest.mark.parametrize("net, schedule", [("dense", "simultaneous"), ("conv", "greedy")])
+def test_grid_points_equal_separate_runs(mnist, net, schedule):
+    """For a dense network trained simultaneously and a conv network trained greedily
+    (the grid honours the schedule), each grid point is its lone run."""
     x, y = mnist.x_train[:1500], mnist.y_train[:1500]
     points = driver.make_grid(seeds=[0, 1], thetas=[None, 10.0], lrs=[0.01, 0.03])
     assert len(points) == 8 and points[0] == driver.GridPoint(0, None, 0.01)
     chosen = [points[1], points[6]]  # (seed 1, width, 0.01), (seed 0, 10.0, 0.03)
     spec = FFSpec(hidden=(24, 16), negatives="uniform", readout=False)
-    common = dict(epochs=2, batch_size=50)
+    if net == "conv":
+        x = x.reshape(-1, 28, 28, 1)
+        spec = dataclasses.replace(spec, hidden=("conv:4:3:s2:p2", 16),
+                                   input_shape=(28, 28, 1))
+    common = dict(epochs=2, batch_size=50, schedule=schedule)
     # The grid is a vmap of the scanned epoch: JAX 0.10's key-reuse checker wrongly
     # flags that (see test_recipe's vmapped-seeds test); the lone runs stay checked.
     with jax.debug_key_reuse(False):
