@@ -52,6 +52,26 @@ class CNN(nn.Module):
         return nn.Dense(self.num_classes)(h)
 
 
+class BlockNet(nn.Module):
+    """The FF network of `spec` (its blocks, normalization placement and shapes) trained
+    by backprop: normalize -> block -> ReLU per layer with no gradient stopped, then
+    normalize -> dense logits on the last layer's flattened activity. Inputs arrive flat
+    (B, D) and are shaped to spec.input_shape."""
+
+    spec: object
+
+    @nn.compact
+    def __call__(self, x_BxD):
+        spec = self.spec
+        h = x_BxD.reshape((x_BxD.shape[0],) + spec.input_shape)
+        shapes = (spec.network_input_shape,) + spec.layer_shapes[:-1]
+        for i, (block, shape) in enumerate(zip(spec.blocks, shapes)):
+            p = self.param(f"block_{i}", lambda key, b=block, s=shape: b.init(key, s))
+            h = nn.relu(block.apply(p, layers.normalize(h, norm=spec.norm)))
+        h = layers.normalize(h.reshape(h.shape[0], -1), norm=spec.norm)
+        return nn.Dense(spec.num_classes)(h)
+
+
 class BPState(NamedTuple):
     """Parameters and optimizer state of a backprop model."""
 
