@@ -77,6 +77,9 @@ class Config:
                                              "(every wrong label)")
     peer_strength: float = _field(_SPEC.peer_strength, "peer normalization strength (0 "
                                                        "disables; the reference uses 0.03)")
+    goodness_scope: str = _field(_SPEC.goodness_scope, "what the objective scores: layer "
+                                 "(its whole activity) or location (each location's "
+                                 "channels; conv and local layers)")
     input_noise: float = _field(_SPEC.input_noise, "std of Gaussian noise added to the "
                                                    "[0, 1]-scaled training inputs (0: none)")
     readout_label_smoothing: float = _field(_SPEC.readout_label_smoothing, "label smoothing "
@@ -369,7 +372,8 @@ def spec_of(cfg: Config, num_classes: int, image_shape=None) -> FFSpec:
         norm=cfg.norm, theta=cfg.theta, objective=cfg.objective,
         temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
         loss_scale=cfg.loss_scale, negatives=cfg.negatives,
-        peer_strength=cfg.peer_strength, input_noise=cfg.input_noise, readout=cfg.readout,
+        peer_strength=cfg.peer_strength, goodness_scope=cfg.goodness_scope,
+        input_noise=cfg.input_noise, readout=cfg.readout,
         readout_label_smoothing=cfg.readout_label_smoothing,
         readout_layers=cfg.readout_layers, score_layers=score_layers(cfg))
 

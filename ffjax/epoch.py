@@ -174,6 +174,18 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
                             for a in acts])  # (L, B, C)
         ff = jnp.stack([obj.loss(s, y) for s in scores])
         metrics = objective.group_metrics(scores, y, ff)
+    elif spec.goodness_scope == "location":
+        # Each layer's locations are rows of its own objective call (their counts differ
+        # from layer to layer); a layer's loss and metrics are means over its locations.
+        per_layer = []
+        for a, th in zip(acts, thetas):
+            g = objective.location_goodness(a.h).T  # (P, B + M)
+            t = jnp.broadcast_to(jnp.asarray(th, jnp.float32), g.shape[:1])
+            loss_p = obj(g[:, :batch], g[:, batch:], t)
+            per_layer.append(jax.tree.map(jnp.mean, objective.layer_metrics(
+                g[:, :batch], g[:, batch:], t, loss_p)))
+        metrics = jax.tree.map(lambda *v: jnp.stack(v), *per_layer)
+        ff = metrics.loss
     else:
         g = jnp.stack(g_all)  # (L, B + M)
         t = jnp.stack([jnp.asarray(th, jnp.float32) for th in thetas])

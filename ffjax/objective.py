@@ -36,6 +36,12 @@ def goodness(h: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(h), axis=tuple(range(1, h.ndim)))
 
 
+def location_goodness(h: jax.Array) -> jax.Array:
+    """(B, P): the sum of squares of each location's channels (the last axis) for an
+    activity (B, ..., C) with P locations; a dense layer's (B, H) has one location."""
+    return jnp.sum(jnp.square(h), axis=-1).reshape(h.shape[0], -1)
+
+
 def ff_loss(g_pos_B: jax.Array, g_neg_M: jax.Array, theta) -> jax.Array:
     """mean(softplus(theta - G_pos)) + mean(softplus(G_neg - theta)), stable for any
     magnitude. With one negative per positive (M = B) this is the mean per-example loss

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence, Union
 from ffjax import encodings, layers, negatives as negatives_lib, objective
 
 NEGATIVES = tuple(negatives_lib.GENERATORS)
+GOODNESS_SCOPES = ("layer", "location")
 
 
 def resolve_layers(selection, num_layers: int, *, default: Sequence[int],
@@ -65,6 +66,10 @@ class FFSpec:
         negatives.NegativeGenerator of your own.
       peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
       peer_momentum: decay of the running mean activity used by peer normalization.
+      goodness_scope: what the objective scores: "layer" (the sum of squares of the
+        layer's whole activity, the paper's) or "location" (of each location's channels,
+        each location a separate term of the loss, averaged; theta then defaults to the
+        channels per location). The goodness readout sums the whole layer either way.
       input_noise: std of Gaussian noise added to the [0, 1]-scaled training inputs (a
         permutation-invariant regularizer; 0 disables; never at test time).
       readout: train the one-pass softmax readout (always with hard negatives).
@@ -87,6 +92,7 @@ class FFSpec:
     negatives: Any = "hard"
     peer_strength: float = 0.03
     peer_momentum: float = 0.9
+    goodness_scope: str = "layer"
     input_noise: float = 0.0
     readout: bool = True
     readout_label_smoothing: float = 0.0
@@ -124,6 +130,14 @@ class FFSpec:
                              "encoded_shape and carries_label (ffjax.encodings).")
         gen = negatives_lib.resolve(self.negatives)
         self._check_objective_kind(gen)
+        if self.goodness_scope not in GOODNESS_SCOPES:
+            raise ValueError(f"goodness_scope={self.goodness_scope!r}: choose one of "
+                             f"{GOODNESS_SCOPES}.")
+        if self.goodness_scope == "location" and (
+                self.uses_groups or self.objective == "collaborative"):
+            raise ValueError("goodness_scope='location' scores every location as its own "
+                             "term; the collaborative and class-group objectives combine "
+                             "whole layers, so use goodness_scope='layer' with them.")
         if gen.uses_labels and not self.encoding.carries_label:
             raise ValueError(f"negatives={self.negatives!r} writes wrong labels into the "
                              "input, but the label encoding gives none: use a label-free "
@@ -274,8 +288,16 @@ class FFSpec:
 
     @property
     def thetas(self) -> tuple[float, ...]:
-        """One goodness threshold per layer."""
-        return objective.resolve_thetas(self.theta, self.layer_sizes)
+        """One goodness threshold per layer (per location of it, with goodness_scope
+        "location")."""
+        return objective.resolve_thetas(self.theta, self.scored_sizes)
+
+    @property
+    def scored_sizes(self) -> tuple[int, ...]:
+        """The units each goodness term sums: a layer's, or a location's channels."""
+        if self.goodness_scope == "location":
+            return tuple(s[-1] for s in self.layer_shapes)
+        return self.layer_sizes
 
     @property
     def trains_readout(self) -> bool:

@@ -250,3 +250,34 @@ def test_class_group_objective_learns_mnist(mnist):
 def test_class_group_settings_that_cannot_work_are_refused(kw, msg):
     with pytest.raises(ValueError, match=msg):
         FFSpec(**{**GROUPS, **kw})
+
+
+def test_per_location_goodness_scores_each_location():
+    """goodness_scope="location": each location's channels form one goodness term with
+    theta = channels; the layer's loss is the mean over locations. A dense layer has one
+    location, so there it equals the whole-layer objective."""
+    spec = FFSpec(hidden=("conv:4:3:p2", 8), input_shape=IMG, num_classes=C,
+                  negatives="uniform", readout=False, goodness_scope="location",
+                  peer_strength=0.0)
+    assert spec.thetas == (4.0, 8.0)
+    params = network.init_network(jax.random.key(0), spec)
+    keys = jax.random.split(jax.random.key(1))
+    x_pos, x_neg = (jax.random.uniform(k, (5,) + spec.network_input_shape) for k in keys)
+    objs, metrics, _ = epoch.local_losses(params, x_pos, x_neg, spec)
+    h_pos, h_neg = (network.forward(params, x, spec)[0] for x in (x_pos, x_neg))
+    g_pos, g_neg = (jnp.sum(h ** 2, -1).reshape(5, -1) for h in (h_pos, h_neg))  # (B, 9)
+    expected = jnp.mean(jnp.mean(jax.nn.softplus(4.0 - g_pos), 0)
+                        + jnp.mean(jax.nn.softplus(g_neg - 4.0), 0))
+    np.testing.assert_allclose(metrics.loss[0], expected, rtol=1e-5)
+    whole = dataclasses.replace(spec, goodness_scope="layer")
+    np.testing.assert_allclose(objs[1], epoch.local_losses(params, x_pos, x_neg, whole)[0][1],
+                               rtol=1e-5)
+    for k in range(2):
+        grads = jax.grad(lambda p: epoch.local_losses(p, x_pos, x_neg, spec)[0][k])(params)
+        for j, g in enumerate(grads):
+            total = sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(g))
+            assert (total > 0) == (j == k)
+    with pytest.raises(ValueError, match="goodness_scope='location' scores every location"):
+        dataclasses.replace(spec, objective="collaborative")
+    with pytest.raises(ValueError, match="goodness_scope='pixel'"):
+        dataclasses.replace(spec, goodness_scope="pixel")
