@@ -138,6 +138,8 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
 
     With a class-group objective (spec.uses_groups) there are no negatives (M = 0):
     each layer's loss is the objective's loss of its class-group goodness against `y`.
+    With spec.goodness_scope "location", every location of a layer is scored as its own
+    row of the objective and the layer's loss and metrics are means over them.
 
     Args:
       thetas: one threshold per layer, possibly traced (a grid); None: spec.thetas.
