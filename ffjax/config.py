@@ -9,9 +9,9 @@ import re
 import sys
 import typing
 
-from ffjax import data, encodings, layers, objective, optim, record
+from ffjax import data, encodings, layers, negatives, objective, optim, record
 from ffjax.driver import SCHEDULES
-from ffjax.spec import NEGATIVES, FFSpec
+from ffjax.spec import FFSpec
 
 _SPEC, _OPT = FFSpec(), optim.OptimizerSpec()  # the library's defaults are the CLI's
 
@@ -74,7 +74,9 @@ class Config:
     negatives: str = _field(_SPEC.negatives, "negative labels: uniform (over the C-1 wrong "
                                              "ones), hard (from the softmax readout, true "
                                              "label masked; turns the readout on), all "
-                                             "(every wrong label)")
+                                             "(every wrong label), none (for the "
+                                             "class-group objective), or one a module "
+                                             "added to ffjax.negatives.GENERATORS")
     peer_strength: float = _field(_SPEC.peer_strength, "peer normalization strength (0 "
                                                        "disables; the reference uses 0.03)")
     goodness_scope: str = _field(_SPEC.goodness_scope, "what the objective scores: layer "
@@ -318,8 +320,8 @@ def check_config(cfg: Config) -> None:
     if cfg.schedule == "greedy" and cfg.epochs < len(cfg.hidden):
         bad(f"--schedule greedy trains one layer per phase: --epochs must be at least the "
             f"number of layers ({len(cfg.hidden)}).")
-    if cfg.negatives not in NEGATIVES:
-        bad(f"--negatives {cfg.negatives}: choose one of {', '.join(NEGATIVES)}.")
+    if cfg.negatives not in negatives.GENERATORS:  # read now: a module may have added one
+        bad(f"--negatives {cfg.negatives}: choose one of {', '.join(negatives.GENERATORS)}.")
     if cfg.objective not in objective.OBJECTIVES:
         bad(f"--objective {cfg.objective}: choose one of {', '.join(objective.OBJECTIVES)}.")
     if cfg.preset is not None and cfg.preset not in PRESETS:

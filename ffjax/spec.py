@@ -8,7 +8,6 @@ from typing import Any, Callable, Sequence, Union
 
 from ffjax import encodings, layers, negatives as negatives_lib, objective
 
-NEGATIVES = tuple(negatives_lib.GENERATORS)
 GOODNESS_SCOPES = ("layer", "location")
 
 
