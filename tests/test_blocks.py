@@ -305,3 +305,14 @@ def test_a_conv_run_resumed_from_its_checkpoint_ends_bit_identical(tmp_path):
     ckpts.close()
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_registered_generator_is_a_command_line_choice(monkeypatch):
+    from ffjax import config
+    gen = negatives.NegativeGenerator(lambda key, batch, spec: batch.x[::-1],
+                                      uses_labels=False)
+    monkeypatch.setitem(negatives.GENERATORS, "reversed", gen)
+    cfg = config.parse_config(["--negatives", "reversed", "--label-encoding", "none",
+                               "--no-readout", "--hidden", "8"], config.Config())
+    config.check_config(cfg)
+    assert config.spec_of(cfg, 10).negative_generator is gen
