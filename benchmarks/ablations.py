@@ -125,15 +125,11 @@ ROWS += [("conv", label, flags) for label, flags in [
      ["--hidden", "local:16:5:s2", "local:16:3", "--epochs", "5"]),
 ]]
 
-# Round 2, around the best of the first: the class-group temperature and learning rate,
-# then the longer run, and per-location goodness for the logistic.
+# Round 2, around the best of the first: the class-group temperature and learning rate.
 ROWS += [("conv, round 2", label, flags) for label, flags in [
     ("3 conv, class groups, T 1", [*CONV3, *GROUPS, "--temperature", "1"]),
     ("3 conv, class groups, T 0.2, lr 0.01", [*CONV3, *GROUPS, "--temperature", "0.2",
                                              "--lr", "0.01"]),
-    ("2 conv, logistic per location, hard negatives, label in the first pixels, reference "
-     "update", ["--hidden", "conv:32:5:p2", "conv:64:3:p2", "--epochs", "5",
-                "--goodness-scope", "location"]),
 ]]
 
 
