@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Sequence, Union
 
 from ffjax import encodings, layers, negatives as negatives_lib, objective
 
