@@ -311,7 +311,7 @@ def make_program(key: jax.Array | None, x_NxD, y_N, spec: FFSpec = FFSpec(), *, 
         opt = layer_optimizers(1.0)  # one update function: each state holds its own lr
         keys = jax.vmap(jax.random.key)(jnp.asarray([p.seed for p in grid], jnp.uint32))
         lrs = jnp.asarray([p.lr for p in grid], jnp.float32)
-        extra = (jnp.asarray([objective.resolve_thetas(p.theta, spec.layer_sizes)
+        extra = (jnp.asarray([objective.resolve_thetas(p.theta, spec.scored_sizes)
                               for p in grid], jnp.float32),)
 
     def setup(k, lr=None):

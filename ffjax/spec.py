@@ -151,7 +151,7 @@ class FFSpec:
                         f"block {i} ({self.blocks[i]}): its {shape[-1]} channels (units) "
                         f"cannot be split into {self.num_classes} equal class groups; "
                         f"give it a multiple of {self.num_classes}.")
-        objective.resolve_thetas(self.theta, self.layer_sizes)  # checks count and sign
+        objective.resolve_thetas(self.theta, self.scored_sizes)  # checks count and sign
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale",
                      "peer_strength", "peer_momentum", "input_noise",
                      "readout_label_smoothing"):
