@@ -91,7 +91,7 @@ def main(argv=None):
 
     ff_s = statistics.median(r["seconds"] for r in rows["ff"])
     bp_s = statistics.median(r["seconds"] for r in rows["bp"])
-    info = {"benchmark": "conv_compare", **record.provenance(), "split": split,
+    info = {"split": split,
             "hidden": [str(b) for b in spec.blocks], "layer_shapes": spec.layer_shapes,
             "epochs": cfg.epochs, "ff_config": {k: v for k, v in vars(cfg).items()},
             "bp_optimizer": f"adam({extra['bp_lr']})",
@@ -101,9 +101,7 @@ def main(argv=None):
     print(f"FF {ff_s:.1f} s/epoch, backprop {bp_s:.1f} s/epoch: FF / BP = {ff_s / bp_s:.2f}; "
           f"after {cfg.epochs} epochs {split} accuracy FF {100 * rows['ff'][-1]['accuracy']:.2f}"
           f" %, backprop {100 * rows['bp'][-1]['accuracy']:.2f} %")
-    out = record.write_json(extra["out"] or f"benchmarks/results/{record.device_slug()}-"
-                            f"{info['date'][:10]}-conv-compare.json", info)
-    print(f"wrote {out}")
+    record.write_benchmark("conv_compare", info, extra["out"], suffix="conv-compare")
 
 
 if __name__ == "__main__":

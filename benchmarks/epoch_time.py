@@ -111,10 +111,7 @@ def main(argv=None):
                   f"{row['achieved_tflops']:.2f} TFLOP/s)  inference on 10k: ten-label "
                   f"{1e3 * row['infer_10k_seconds_median']:.1f} ms"
                   + (f", one-pass {1e3 * one:.1f} ms" if one is not None else ""), flush=True)
-    info = {"benchmark": "epoch_time", **record.provenance(), "results": rows}
-    out = record.write_json(args.out or f"benchmarks/results/{record.device_slug()}-"
-                            f"{info['date'][:10]}-epoch.json", info)
-    print(f"wrote {out}")
+    record.write_benchmark("epoch_time", {"results": rows}, args.out, suffix="epoch")
 
 
 if __name__ == "__main__":

@@ -67,10 +67,8 @@ def main(argv=None):
               f"{row['speedup']:.2f}x (max rel. goodness diff "
               f"{row['max_rel_goodness_diff']:.1e}, predictions agree on "
               f"{100 * row['prediction_agreement']:.2f} %)", flush=True)
-    info = {"benchmark": "label_inference", **record.provenance(), "results": rows}
-    out = record.write_json(args.out or f"benchmarks/results/{record.device_slug()}-"
-                            f"{info['date'][:10]}-label-inference.json", info)
-    print(f"wrote {out}")
+    record.write_benchmark("label_inference", {"results": rows}, args.out,
+                           suffix="label-inference")
 
 
 if __name__ == "__main__":

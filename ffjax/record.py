@@ -104,6 +104,16 @@ def write_json(path, obj) -> Path:
     return path
 
 
+def write_benchmark(name: str, info: dict, out=None, *, suffix: str) -> Path:
+    """Writes a benchmark's record, {"benchmark": name, provenance, **info}, to `out` or
+    benchmarks/results/<device>-<date>-<suffix>.json, says where, and returns the path."""
+    record = {"benchmark": name, **provenance(), **info}
+    path = write_json(out or f"benchmarks/results/{device_slug()}-{record['date'][:10]}-"
+                      f"{suffix}.json", record)
+    print(f"wrote {path}")
+    return path
+
+
 class RunDir:
     """One run's directory. With several processes only the primary one writes files
     (all of them take part in checkpoints, which ffjax.checkpoint handles)."""
