@@ -157,9 +157,8 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
     acts = network.forward_activities(params, jnp.concatenate([x_pos, x_neg], axis=0), spec)
     if peer_means is None:
         peer_means = tuple(jnp.full(a.h.shape[1:], PEER_INIT, jnp.float32) for a in acts)
-    g_all, peer_terms, new_means = [], [], []
+    peer_terms, new_means = [], []
     for (z, h), m in zip(acts, peer_means):
-        g_all.append(objective.goodness(h))
         peer = jnp.zeros((), jnp.float32)
         if spec.peer_strength:
             m = spec.peer_momentum * m + (1.0 - spec.peer_momentum) * jax.lax.stop_gradient(
@@ -189,7 +188,7 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
         metrics = jax.tree.map(lambda *v: jnp.stack(v), *per_layer)
         ff = metrics.loss
     else:
-        g = jnp.stack(g_all)  # (L, B + M)
+        g = jnp.stack([objective.goodness(a.h) for a in acts])  # (L, B + M)
         t = jnp.stack([jnp.asarray(th, jnp.float32) for th in thetas])
         g_pos, g_neg = g[:, :batch], g[:, batch:]
         ff = obj(g_pos, g_neg, t)
