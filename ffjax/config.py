@@ -105,7 +105,9 @@ class Config:
     validation_size: int = _field(
         0, "hold out the last N training examples for validation; per-epoch evaluation "
            "then uses them instead of the test set (choose hyperparameters on this)")
-    eval_every: int = _field(1, "evaluate every N epochs (0: only at the end)")
+    eval_every: int = _field(10, "evaluate both readouts every N epochs and at the end, "
+                                 "and the one-pass softmax readout (when trained) on the "
+                                 "epochs between (0: only at the end)")
     evaluate_test: typing.Optional[bool] = _field(
         None, "score the test set at the end (default: only when no --validation-size "
               "is given, so settings chosen on the validation split never see it)")

@@ -83,11 +83,15 @@ class _StopRequest:
 
 
 def make_evaluator(spec: FFSpec, seeds: int):
-    """`evaluate(state, x_dev, y) -> dict`: accuracy of the goodness readout (combined,
-    per layer, and by other choices of summed layers, read from the same passes) and of
-    the softmax readout when trained; with several seeds the mean, std and per-seed
-    values."""
+    """`evaluate(state, x_dev, y, *, full=True) -> dict`.
+
+    full: accuracy of the goodness readout (combined, per layer, and by other choices of
+    summed layers, read from the same passes) and of the softmax readout when trained.
+    full=False: the softmax readout alone, one pass per example (the cheap per-epoch
+    progress; {} without a trained readout). With several seeds the mean, std and
+    per-seed values."""
     predict = inference.make_predict(spec)
+    predict_readout = inference.make_predict_readout(spec)
     choices = {"all": tuple(range(spec.num_layers))}
     if spec.num_layers > 1:
         choices["all_but_first"] = tuple(range(1, spec.num_layers))
@@ -104,16 +108,25 @@ def make_evaluator(spec: FFSpec, seeds: int):
             out["accuracy_softmax"] = inference.accuracy(p.readout, y)
         return out
 
-    def evaluate(state, x_dev, y) -> dict:
+    def one_readout(st, x_dev, y):
+        if st.readout is None:
+            return {}
+        p = jax.device_get(predict_readout(params_of(st), st.readout.params, x_dev))
+        return {"accuracy_softmax": inference.accuracy(p, y)}
+
+    def evaluate(state, x_dev, y, *, full: bool = True) -> dict:
         t0 = time.perf_counter()
-        runs = [one(state if seeds == 1 else jax.tree.map(lambda a, i=i: a[i], state),
+        runs = [(one if full else one_readout)(
+                    state if seeds == 1 else jax.tree.map(lambda a, i=i: a[i], state),
                     x_dev, y) for i in range(seeds)]
-        out = {"pred": runs[0]["pred"],
-               "accuracy_per_layer": np.mean([r["accuracy_per_layer"] for r in runs],
-                                             axis=0).tolist(),
-               "accuracy_by_score_layers": {
-                   name: float(np.mean([r["by_score_layers"][name] for r in runs]))
-                   for name in choices}}
+        out = {}
+        if full:
+            out = {"pred": runs[0]["pred"],
+                   "accuracy_per_layer": np.mean([r["accuracy_per_layer"] for r in runs],
+                                                 axis=0).tolist(),
+                   "accuracy_by_score_layers": {
+                       name: float(np.mean([r["by_score_layers"][name] for r in runs]))
+                       for name in choices}}
         for k in ("accuracy", "accuracy_softmax"):
             if k in runs[0]:
                 vals = [r[k] for r in runs]
@@ -140,11 +153,13 @@ def epoch_row(report: driver.EpochReport, seeds: int) -> dict:
 
 
 def eval_row(split: str, ev: dict) -> dict:
-    """metrics.jsonl's evaluation part of one epoch."""
-    row = {"eval_split": split, "eval_accuracy": ev["accuracy"],
-           "eval_accuracy_per_layer": ev["accuracy_per_layer"],
-           "eval_accuracy_by_score_layers": ev["accuracy_by_score_layers"],
-           "eval_seconds": round(ev["seconds"], 4)}
+    """metrics.jsonl's evaluation part of one epoch (the softmax readout alone on the
+    epochs between full evaluations)."""
+    row = {"eval_split": split, "eval_seconds": round(ev["seconds"], 4)}
+    if "accuracy" in ev:
+        row.update(eval_accuracy=ev["accuracy"],
+                   eval_accuracy_per_layer=ev["accuracy_per_layer"],
+                   eval_accuracy_by_score_layers=ev["accuracy_by_score_layers"])
     if "accuracy_softmax" in ev:
         row["eval_accuracy_softmax"] = ev["accuracy_softmax"]
     return row
@@ -208,20 +223,28 @@ def _devices(cfg: Config):
 def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record.RunDir,
           ckpts: checkpoint.Checkpoints, start_epoch: int, devices, put) -> tuple:
     """Runs the epochs, logging each to metrics.jsonl and the progress bar and saving
-    checkpoints; returns (FitResult, rows). Ctrl-C and divergence end in TrainingStopped
-    naming what was kept."""
+    checkpoints; returns (FitResult, rows, the last epoch's full evaluation or None).
+    Every --eval-every epochs and at the end both readouts are evaluated; on the epochs
+    between, the one-pass softmax readout alone (when trained), so evaluation stays a
+    small share of the run. Ctrl-C and divergence end in TrainingStopped naming what was
+    kept."""
     eval_split, x_eval, y_eval = eval_data
     evaluate, x_eval_dev = make_evaluator(spec, cfg.seeds), put(x_eval)
     rows = rec.open_metrics(keep_through_epoch=start_epoch)
     stop = _StopRequest()
     bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"FF {cfg.dataset}",
                unit="epoch", disable=not rec.primary)
+    last_eval = {}
 
     def on_epoch(report, state):
         row = epoch_row(report, cfg.seeds)
         e = row["epoch"]
         if (cfg.eval_every and e % cfg.eval_every == 0) or e == cfg.epochs:
-            row.update(eval_row(eval_split, evaluate(state, x_eval_dev, y_eval)))
+            last_eval["ev"] = evaluate(state, x_eval_dev, y_eval)
+            row.update(eval_row(eval_split, last_eval["ev"]))
+        elif cfg.eval_every and state.readout is not None:
+            row.update(eval_row(eval_split, evaluate(state, x_eval_dev, y_eval,
+                                                     full=False)))
         rows.append(row)
         rec.log(row)
         postfix = {"loss": f"{float(np.mean(row['layer_loss'])):.3f}"}
@@ -263,12 +286,13 @@ def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record
         raise TrainingStopped(
             f"interrupted: saved a checkpoint after epoch {result.epochs_completed} of "
             f"{cfg.epochs}. Resume with: {rec.resume_command()}", exit_code=130)
-    return result, rows
+    return result, rows, last_eval.get("ev")
 
 
 def run(cfg: Config) -> dict:
     """Trains and evaluates one FF network as `cfg` says; returns results.json's content."""
     check_config(cfg)
+    t_start = time.perf_counter()
     if cfg.coordinator:
         parallel.initialize_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
     started = record.provenance()  # the code and machine as the run starts
@@ -282,19 +306,27 @@ def run(cfg: Config) -> dict:
     rec, ckpts, start_epoch = open_record(cfg)
     eval_data = (("validation", split.x_val, split.y_val) if cfg.validation_size
                  else ("test", ds.x_test, ds.y_test))
-    result, rows = train(cfg, spec, split, eval_data, rec, ckpts, start_epoch, devices, put)
+    result, rows, last_eval = train(cfg, spec, split, eval_data, rec, ckpts, start_epoch,
+                                    devices, put)
 
     # The test set is scored once, at the end, and not at all for a run that holds out
     # a validation split (unless asked): settings are chosen on that split.
     test_on = cfg.evaluate_test if cfg.evaluate_test is not None else not cfg.validation_size
     final_split, x_final, y_final = (("test", ds.x_test, ds.y_test) if test_on
                                      else ("validation", split.x_val, split.y_val))
-    final = make_evaluator(spec, cfg.seeds)(result.state, put(x_final), y_final)
+    final = (last_eval if last_eval is not None and final_split == eval_data[0] else
+             make_evaluator(spec, cfg.seeds)(result.state, put(x_final), y_final))
+    eval_seconds = sum(r.get("eval_seconds", 0.0) for r in rows[start_epoch:]) + (
+        final["seconds"] if final is not last_eval else 0.0)
     results = {**split_results(final_split, final, cfg.seeds),
                "score_layers": list(spec.score_layer_ids),
                "train_seconds": float(sum(r["seconds"] for r in rows)),
                "compile_seconds": result.compile_seconds,
                "seconds_per_epoch_median": float(np.median([r["seconds"] for r in rows])),
+               # This process's share (a resumed run: since it resumed), so the share of
+               # evaluation in the wall time is eval_seconds / wall_seconds.
+               "wall_seconds": time.perf_counter() - t_start,
+               "eval_seconds": float(eval_seconds),
                "epochs": cfg.epochs, "num_train": int(len(split.y_fit)),
                **started, "finished": record.provenance()["date"],
                "config": dataclasses.asdict(cfg),
@@ -343,5 +375,6 @@ def main(defaults: Config, description: str, argv=None) -> int:
     print(f"{split} accuracy {100 * results[f'{split}_accuracy']:.2f}% "
           f"(error {100 * results[f'{split}_error']:.2f}%){softmax}, "
           f"train {results['train_seconds']:.1f}s + compile {results['compile_seconds']:.1f}s "
-          f"on {results['device']}; run directory: {results['run_dir']}")
+          f"+ evaluation {results['eval_seconds']:.1f}s on {results['device']}; run "
+          f"directory: {results['run_dir']}")
     return 0

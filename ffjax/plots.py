@@ -37,11 +37,15 @@ def plot_accuracy(rows: Sequence[dict], path) -> Path:
         ep = [r["epoch"] for r in evald]
         split = evald[-1].get("eval_split", "eval")
         ax1.plot(ep, [100 * r["eval_accuracy"] for r in evald], marker="o", lw=2,
-                 label="combined readout")
+                 label="goodness readout")
         per = np.array([r["eval_accuracy_per_layer"] for r in evald])
         for layer in range(per.shape[1]):
             ax1.plot(ep, 100 * per[:, layer], ls="--", label=f"layer {layer + 1} alone")
-        ax1.set(title=f"{split} accuracy (goodness readout)")
+        ax1.set(title=f"{split} accuracy")
+    soft = [r for r in rows if r.get("eval_accuracy_softmax") is not None]
+    if soft:
+        ax1.plot([r["epoch"] for r in soft], [100 * r["eval_accuracy_softmax"] for r in soft],
+                 color="black", lw=1, label="softmax readout")
     ax1.set(xlabel="epoch", ylabel="accuracy (%)")
     ax1.legend()
     ax1.grid(alpha=0.3)

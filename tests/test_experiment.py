@@ -22,8 +22,8 @@ def _run(module, *args, env=None):
 
 def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
     out = tmp_path / "run"
-    proc = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 2, "--hidden", 64, 32,
-                "--out-dir", out)
+    proc = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 3, "--hidden", 64, 32,
+                "--eval-every", 2, "--out-dir", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test accuracy" in proc.stdout
     files = {p.name for p in out.iterdir()}
@@ -31,13 +31,20 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
             "predictions.png"} <= files
     assert all((out / f).stat().st_size > 1000 for f in ("loss.png", "predictions.png"))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     for r in rows:
         assert len(r["layer_loss"]) == 2 and len(r["layer_acc_pos"]) == 2
         assert r["seconds"] > 0 and r["eval_split"] == "test"
+        assert 0.5 < r["eval_accuracy_softmax"] <= 1  # the cheap readout: every epoch
+    # Both readouts every --eval-every epochs and at the end, only those.
+    assert ["eval_accuracy" in r for r in rows] == [False, True, True]
     results = json.loads((out / "results.json").read_text())
     assert RESULT_KEYS <= set(results)
-    assert results["config"]["hidden"] == [64, 32] and results["epochs"] == 2
+    assert results["config"]["hidden"] == [64, 32] and results["epochs"] == 3
+    # The last epoch's evaluation is the final one, not run twice, and its time counted.
+    assert results["test_accuracy"] == rows[-1]["eval_accuracy"]
+    assert results["eval_seconds"] == pytest.approx(sum(r["eval_seconds"] for r in rows))
+    assert results["train_seconds"] + results["eval_seconds"] < results["wall_seconds"]
     assert abs(results["test_error"] + results["test_accuracy"] - 1.0) < 1e-9
     assert results["test_accuracy"] > 0.85
     assert results["command"].startswith("python -m experiments.mnist")
@@ -48,7 +55,7 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
     used = "all" if results["score_layers"] == [0, 1] else "all_but_first"
     assert by[used] == results["test_accuracy"]
     assert 0.85 < results["test_accuracy_softmax"] <= 1  # default: readout trained too
-    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
 
     again = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden", 8,
                  "--out-dir", out)
