@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import jax
+import tensorboardX
 
 from ffjax import checkpoint, plots
 
@@ -114,6 +115,25 @@ def write_benchmark(name: str, info: dict, out=None, *, suffix: str) -> Path:
     return path
 
 
+def scalars(row: dict):
+    """(tag, value) for every number of a metrics.jsonl row, for TensorBoard: lists per
+    layer ("layer_loss/layer_1"), dicts by key ("eval_accuracy_by_score_layers/all"),
+    the epoch's durations under "seconds/"."""
+    for key, value in row.items():
+        if key == "epoch" or isinstance(value, (str, bool)) or value is None:
+            continue
+        if key in ("seconds", "eval_seconds"):
+            yield f"seconds/{'train' if key == 'seconds' else 'eval'}", float(value)
+        elif isinstance(value, dict):
+            for name, v in value.items():
+                yield f"{key}/{name}", float(v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                yield f"{key}/layer_{i + 1}", float(v)
+        else:
+            yield key, float(value)
+
+
 class RunDir:
     """One run's directory. With several processes only the primary one writes files
     (all of them take part in checkpoints, which ffjax.checkpoint handles)."""
@@ -122,6 +142,7 @@ class RunDir:
         self.path = Path(path)
         self.primary = primary
         self._metrics = None
+        self._events = None  # the TensorBoard writer, primary process only
 
     @classmethod
     def create(cls, path=None, *, name: str = "run", overwrite: bool = False,
@@ -165,8 +186,9 @@ class RunDir:
         return (self.path / RESULTS).exists()
 
     def open_metrics(self, keep_through_epoch: int = 0) -> list:
-        """Starts metrics.jsonl: the rows of epochs <= keep_through_epoch already there
-        are kept (a resumed run redoes the later ones) and returned; later rows go
+        """Starts metrics.jsonl and the TensorBoard event file: the rows of epochs <=
+        keep_through_epoch already there are kept (a resumed run redoes the later ones,
+        and TensorBoard hides the events it logged for them) and returned; later rows go
         through log()."""
         path = self.path / METRICS
         kept = []
@@ -177,17 +199,29 @@ class RunDir:
         for row in kept:
             self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        if self.primary:
+            self._events = tensorboardX.SummaryWriter(
+                str(self.path), purge_step=keep_through_epoch + 1 if keep_through_epoch
+                else None)
         return kept
 
     def log(self, row: dict) -> None:
-        """Appends one epoch's row to metrics.jsonl (flushed at once)."""
+        """Appends one epoch's row to metrics.jsonl and its numbers, as scalars at step
+        = epoch, to the TensorBoard event file (both flushed at once)."""
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        if self._events is not None:
+            for tag, value in scalars(row):
+                self._events.add_scalar(tag, value, global_step=row["epoch"])
+            self._events.flush()
 
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def write_results(self, results: dict) -> None:
         if self.primary:

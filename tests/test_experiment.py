@@ -45,6 +45,18 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
     assert results["test_accuracy"] == rows[-1]["eval_accuracy"]
     assert results["eval_seconds"] == pytest.approx(sum(r["eval_seconds"] for r in rows))
     assert results["train_seconds"] + results["eval_seconds"] < results["wall_seconds"]
+    # TensorBoard reads the same per-epoch numbers back from the run directory.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"layer_loss/layer_1", "layer_loss/layer_2", "readout_loss", "eval_accuracy",
+            "eval_accuracy_softmax", "eval_accuracy_per_layer/layer_2", "seconds/train",
+            "seconds/eval"} <= tags
+    loss = events.Scalars("layer_loss/layer_2")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx([r["layer_loss"][1] for r in rows])
+    assert [e.step for e in events.Scalars("eval_accuracy")] == [2, 3]
     assert abs(results["test_error"] + results["test_accuracy"] - 1.0) < 1e-9
     assert results["test_accuracy"] > 0.85
     assert results["command"].startswith("python -m experiments.mnist")
