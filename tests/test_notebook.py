@@ -1,6 +1,5 @@
-"""The Colab notebook executes top to bottom (tiny configuration, CPU), so it cannot rot."""
-
-import os
+"""The Colab notebook executes top to bottom (tiny configuration, CPU), so it cannot rot.
+It runs outside the checkout, so it needs only the installed library (no experiments/)."""
 
 import nbclient
 import nbformat
@@ -12,8 +11,6 @@ def test_colab_notebook_runs(data_dir, tmp_path, monkeypatch):
     nb = nbformat.read(REPO / "experiments" / "colab_tpu.ipynb", as_version=4)
     monkeypatch.setenv("FFJAX_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("FFJAX_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
