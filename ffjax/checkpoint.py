@@ -3,7 +3,7 @@
 A checkpoint is the whole TrainState (every layer's parameters, optimizer state and peer
 running means, the readout's state), stored under <run dir>/checkpoints/<epoch>/. The
 data order and the negative labels of epoch e are a function of the seed and e alone
-(trainer.fit folds e into the data key), so a restored state plus its epoch number is
+(driver.fit folds e into the data key), so a restored state plus its epoch number is
 everything needed to continue a run exactly.
 """
 

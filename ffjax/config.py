@@ -154,7 +154,7 @@ PRESETS = {
                    readout=True, readout_lr=0.1, readout_weight_decay=0.003,
                    readout_bias=False, readout_layers=None, score_layers=None,
                    score_first_layer=False, schedule="simultaneous"),
-    # Not measured (no CIFAR-10 here): channel-wise competition (class groups of each
+    # Unmeasured: channel-wise competition (class groups of each
     # conv layer's channels, no label in the input, no negatives) on four conv layers,
     # the geometry of the published channel-wise competitive FF network, with the
     # settings of the first MNIST conv screens (docs/blocks.md).
@@ -310,7 +310,7 @@ def check_config(cfg: Config) -> None:
     if cfg.norm == "l2" and cfg.theta is None:
         bad("--norm l2 gives every activity vector unit length, so the default threshold "
             "(each layer's width, made for --norm rms) is out of reach and nothing is "
-            "learned (measured: chance accuracy). Give --theta (and retune --lr) with l2.")
+            "learned. Give --theta (and retune --lr) with l2.")
     if cfg.validation_size < 0:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
     if cfg.seeds < 1:
@@ -339,9 +339,8 @@ def check_config(cfg: Config) -> None:
 
 def score_layers(cfg: Config) -> tuple:
     """The layers the goodness readout sums: --score-layers, else all of them (all but
-    the first with --no-score-first-layer, the reference code's choice). Summing
-    all layers beat skipping the first (the reference code's choice) on the validation
-    split in every setting measured (docs/recipe.md)."""
+    the first with --no-score-first-layer, the reference code's choice; docs/recipe.md
+    compares the two)."""
     if cfg.score_layers is not None:
         return tuple(sorted(set(cfg.score_layers)))
     if cfg.score_first_layer or len(cfg.hidden) == 1:
