@@ -1,7 +1,8 @@
 """MNIST with a Forward-Forward MLP: `python -m experiments.mnist --help`.
 
-Default: 4 x 2000 hidden units, 60 epochs, batch 100 (the paper's setting; a GPU job).
-A CPU-sized run: `python -m experiments.mnist --hidden 500 500 --epochs 2`.
+Default: the README's best run, the reference update on 4 x 2000 hidden units for 100
+epochs, batch 100, every layer scored (about 90 minutes on 2 CPU cores).
+The quick start: `python -m experiments.mnist --hidden 500 500 --epochs 25` (about a minute).
 """
 
 import sys

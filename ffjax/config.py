@@ -28,7 +28,7 @@ class Config:
     data_dir: typing.Optional[str] = _field(
         None, f"folder holding mnist/ and fashion-mnist/ with the four IDX .gz files "
               f"(default: ${data.DATA_DIR_ENV}, else fetched with tensorflow-datasets)")
-    epochs: int = _field(60, "passes over the training data")
+    epochs: int = _field(100, "passes over the training data")
     hidden: typing.Tuple[str, ...] = _field(
         _SPEC.hidden, "the hidden layers, " + layers.ARCH_HELP + "; e.g. --hidden 2000 "
                       "2000 2000 2000")
@@ -134,8 +134,9 @@ class Config:
     overwrite: bool = _field(False, "allow writing into a run directory that has files")
     preset: typing.Optional[str] = _field(
         None, "start from a named set of settings (flags given explicitly still win): "
-              "hinton = the reference recipe of the author's code; cifar10-conv = a conv "
-              "network for CIFAR-10 (unmeasured)")
+              "hinton = the reference recipe of the author's code; mnist-conv = three "
+              "conv layers with class-group competition; cifar10-conv = a conv network "
+              "for CIFAR-10 (unmeasured)")
 
 
 # Named settings. "hinton" is the reference recipe of the author's MATLAB code
@@ -154,6 +155,15 @@ PRESETS = {
                    readout=True, readout_lr=0.1, readout_weight_decay=0.003,
                    readout_bias=False, readout_layers=None, score_layers=None,
                    score_first_layer=False, schedule="simultaneous"),
+    # Three conv layers, channel-wise competition (class groups of each layer's channels,
+    # no label in the input, no negatives): the best of the MNIST conv screens on the
+    # validation split (docs/blocks.md).
+    "mnist-conv": dict(hidden=("conv:20:5:p2", "conv:80:3:p2", "conv:160:3"), epochs=20,
+                       batch_size=100, objective="group_softmax", temperature=1.0,
+                       label_encoding="none", negatives="none", peer_strength=0.0,
+                       optimizer="adam", lr=0.003, lr_scaling="none", weight_decay=0.0,
+                       readout=True, readout_lr=0.003, readout_weight_decay=0.0,
+                       readout_bias=True),
     # Unmeasured: channel-wise competition (class groups of each
     # conv layer's channels, no label in the input, no negatives) on four conv layers,
     # the geometry of the published channel-wise competitive FF network, with the
