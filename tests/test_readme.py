@@ -36,3 +36,18 @@ def test_links_point_to_files_that_exist():
         for target in re.findall(r"\]\(([^)#]+)\)", (REPO / name).read_text()):
             if "://" not in target:
                 assert (base / target).exists(), f"{name} links to missing {target}"
+
+
+def test_the_quick_start_is_the_recorded_run():
+    """The README's main command is the run its record measured, with its figure."""
+    import json
+    readme = (REPO / "README.md").read_text()
+    cmd = re.search(r"```bash\npip install -e \. && (python -m experiments\.mnist[^\n]*)\n",
+                    readme).group(1)
+    rec = json.loads((REPO / "benchmarks/results/runs/"
+                      "mnist-quickstart-2x500-25ep-results.json").read_text())
+    recorded = re.sub(r" --(data-dir|out-dir) \S+", "", rec["command"])
+    assert cmd == recorded
+    assert f"**{100 * rec['test_accuracy']:.2f} % test accuracy**" in readme
+    assert rec["test_accuracy"] >= 0.98 and rec["train_seconds"] <= 90
+    assert not rec["git_dirty"]
