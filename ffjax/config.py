@@ -122,13 +122,17 @@ class Config:
               "give --num-processes and --process-id too")
     num_processes: int = _field(1, "multi-host runs: number of processes")
     process_id: int = _field(0, "multi-host runs: this process's index")
+    time_limit: typing.Optional[str] = _field(
+        None, "wall-clock budget of this process, e.g. 2h30m, 45m or 3600 (seconds): "
+              "training stops after the last epoch that fits, saves a checkpoint and "
+              "exits with code 124, for --resume in the next job")
     checkpoint_every: int = _field(
         10, "save a checkpoint (orbax, <run dir>/checkpoints) every N epochs and at the "
             "end (0: only at the end)")
     resume: typing.Optional[str] = _field(
         None, "continue the interrupted run in this run directory from its last "
-              "checkpoint, with its saved settings (only --data-dir and --devices may "
-              "be given too)")
+              "checkpoint, with its saved settings (only --data-dir, --devices and "
+              "--time-limit may be given too)")
     out_dir: typing.Optional[str] = _field(
         None, "run directory (default: runs/<dataset>-<date>-<time>)")
     overwrite: bool = _field(False, "allow writing into a run directory that has files")
@@ -214,17 +218,38 @@ def apply_preset(cfg: Config, name: str | None) -> Config:
     return dataclasses.replace(cfg, preset=name, **PRESETS[name])
 
 
-RESUME_FLAGS = ("--resume", "--data-dir", "--devices")
+RESUME_FLAGS = ("--resume", "--data-dir", "--devices", "--time-limit")
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "2h30m", "45m", "90s", "1h5m30s" or a plain number of seconds;
+    UsageError for anything else."""
+    text = str(text).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        m = _DURATION.fullmatch(text)
+        if not text or m is None or not any(m.groups()):
+            raise UsageError(f"--time-limit {text}: give a duration such as 2h30m, 45m, "
+                             "90s or a number of seconds.") from None
+        h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+        seconds = 3600 * h + 60 * mi + se
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise UsageError(f"--time-limit {text}: must be a positive duration.")
+    return seconds
 
 
 def _resumed_config(argv, run_dir: str, data_dir: str | None,
-                    devices: int | None) -> Config:
-    """The Config saved in run_dir/config.json, to continue that run."""
+                    devices: int | None, time_limit: str | None = None) -> Config:
+    """The Config saved in run_dir/config.json, to continue that run (with this job's
+    --time-limit, if any: the saved one was the earlier job's)."""
     given = sorted({a.split("=")[0] for a in argv if a.startswith("--")} - set(RESUME_FLAGS))
     if given:
         raise UsageError(f"--resume continues a run with the settings saved in its "
-                         f"config.json; drop {', '.join(given)} (only --data-dir and "
-                         "--devices may change).")
+                         f"config.json; drop {', '.join(given)} (only --data-dir, "
+                         "--devices and --time-limit may change).")
     saved = record.RunDir(run_dir).read_config()
     try:
         known = {f.name for f in dataclasses.fields(Config)}
@@ -236,7 +261,8 @@ def _resumed_config(argv, run_dir: str, data_dir: str | None,
                          f"ffjax config ({e}).") from None
     return dataclasses.replace(cfg, resume=str(run_dir), out_dir=str(run_dir),
                                data_dir=data_dir or cfg.data_dir, overwrite=False,
-                               devices=devices if devices is not None else cfg.devices)
+                               devices=devices if devices is not None else cfg.devices,
+                               time_limit=time_limit)
 
 
 def parse_config(argv, defaults: Config, description: str = "") -> Config:
@@ -256,11 +282,13 @@ def parse_config_with(argv, defaults: Config, description: str = "",
     pre.add_argument("--resume", default=None)
     pre.add_argument("--data-dir", default=None)
     pre.add_argument("--devices", type=int, default=None)
+    pre.add_argument("--time-limit", default=None)
     known = pre.parse_known_args(argv)[0]
     if known.resume is not None and "-h" not in argv and "--help" not in argv:
         if extra:
             raise UsageError("--resume is not available here.")
-        return _resumed_config(argv, known.resume, known.data_dir, known.devices), {}
+        return _resumed_config(argv, known.resume, known.data_dir, known.devices,
+                               known.time_limit), {}
     name = known.preset
     defaults = apply_preset(defaults, name)
     parser = make_parser(defaults, description)
@@ -325,6 +353,8 @@ def check_config(cfg: Config) -> None:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
     if cfg.seeds < 1:
         bad(f"--seeds {cfg.seeds}: must be >= 1.")
+    if cfg.time_limit is not None:
+        parse_duration(cfg.time_limit)
     if cfg.eval_every < 0:
         bad(f"--eval-every {cfg.eval_every}: must be >= 0.")
     if cfg.schedule not in SCHEDULES:

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ffjax import checkpoint, data, driver, inference, objective, parallel, record
+from ffjax import checkpoint, config, data, driver, inference, objective, parallel, record
 from ffjax.config import (Config, UsageError, check_config, optimizer_of, parse_config,
                           spec_of)
 from ffjax.epoch import params_of
@@ -54,31 +54,66 @@ def training_split(cfg: Config, ds: data.Dataset) -> Split:
     return Split(x_fit, y_fit, x_val, y_val)
 
 
+class _StopNow(KeyboardInterrupt):
+    """A second stop signal: stop at once, without saving."""
+
+    def __init__(self, exit_code: int):
+        super().__init__()
+        self.exit_code = exit_code
+
+
 class _StopRequest:
-    """Within `with`, the first Ctrl-C asks training to stop after the current epoch (and
-    save a checkpoint); a second one interrupts at once."""
+    """Within `with`, the first Ctrl-C (SIGINT) or SIGTERM (what SLURM, Kubernetes and
+    Colab send before they preempt a job) asks training to stop after the current epoch
+    and save a checkpoint; a second one stops at once without saving. request() asks
+    the same for another reason (--time-limit)."""
+
+    SIGNALS = {signal.SIGINT: ("Ctrl-C", 130), signal.SIGTERM: ("SIGTERM", 143)}
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.reason, self.exit_code = None, None
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+    def request(self, reason: str, exit_code: int) -> None:
+        if self.reason is None:
+            self.reason, self.exit_code = reason, exit_code
+
+    def agreed(self) -> bool:
+        """Whether any process asked to stop; every process of a multi-process run
+        calls this after the same epoch and gets the same answer (and exit code)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        codes = np.asarray(multihost_utils.process_allgather(
+            np.array([self.exit_code or 0], np.int32))).ravel()
+        if codes.any() and not self.requested:
+            self.request("another process asked to stop", int(codes[codes > 0][0]))
+        return bool(codes.any())
 
     def _handle(self, signum, frame):
+        name, code = self.SIGNALS[signum]
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Ctrl-C: finishing this epoch, then saving a checkpoint "
-                   "(press Ctrl-C again to stop at once without saving).")
+            raise _StopNow(code)
+        self.request(name, code)
+        tqdm.write(f"{name}: finishing this epoch, then saving a checkpoint (send it "
+                   "again to stop at once without saving).")
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
         return False
 
 
@@ -197,12 +232,22 @@ def open_record(cfg: Config) -> tuple:
         return rec, checkpoint.Checkpoints(rec.path), 0
     rec = record.RunDir(cfg.resume, primary=primary)
     ckpts = checkpoint.Checkpoints(rec.path)
-    done = ckpts.latest_epoch() or 0
+    try:
+        done, skipped = ckpts.newest_readable()
+    except BaseException:
+        ckpts.close()
+        raise
+    for message in skipped:
+        print(f"warning: {message}; resuming from "
+              + (f"the checkpoint of epoch {done}." if done else "nothing older."),
+              file=sys.stderr)
     if not done:
-        raise UsageError(f"--resume {rec.path}: no checkpoint in {ckpts.directory}; the "
-                         "run stopped before its first one. Start it again with "
-                         "--overwrite.")
+        ckpts.close()
+        raise UsageError(f"--resume {rec.path}: no readable checkpoint in "
+                         f"{ckpts.directory}; the run stopped before its first one. Start "
+                         "it again with --overwrite.")
     if done >= cfg.epochs and rec.has_results():
+        ckpts.close()
         raise UsageError(f"--resume {rec.path}: that run already finished all "
                          f"{cfg.epochs} epochs (see its results.json).")
     return rec, ckpts, done
@@ -221,7 +266,8 @@ def _devices(cfg: Config):
 
 
 def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record.RunDir,
-          ckpts: checkpoint.Checkpoints, start_epoch: int, devices, put) -> tuple:
+          ckpts: checkpoint.Checkpoints, start_epoch: int, devices, put,
+          t_start: float) -> tuple:
     """Runs the epochs, logging each to metrics.jsonl and the progress bar and saving
     checkpoints; returns (FitResult, rows, the last epoch's full evaluation or None).
     Every --eval-every epochs and at the end both readouts are evaluated; on the epochs
@@ -235,6 +281,8 @@ def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record
     bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"FF {cfg.dataset}",
                unit="epoch", disable=not rec.primary)
     last_eval = {}
+    deadline = (t_start + config.parse_duration(cfg.time_limit)) if cfg.time_limit else None
+    clock = {"last": time.perf_counter()}  # the previous epoch's end
 
     def on_epoch(report, state):
         row = epoch_row(report, cfg.seeds)
@@ -254,10 +302,17 @@ def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record
             postfix["softmax"] = f"{100 * row['eval_accuracy_softmax']:.2f}%"
         bar.set_postfix(postfix)
         bar.update(1)
-        if e == cfg.epochs or stop.requested or (
+        # Stop now when the next epoch (timed as this one was, evaluation and
+        # checkpoint included) would not end within --time-limit.
+        now = time.perf_counter()
+        if deadline is not None and now + (now - clock["last"]) > deadline:
+            stop.request(f"--time-limit {cfg.time_limit}", 124)
+        stopping = stop.agreed() and e < cfg.epochs
+        if e == cfg.epochs or stopping or (
                 cfg.checkpoint_every and e % cfg.checkpoint_every == 0):
             ckpts.save(e, state)
-        return stop.requested
+        clock["last"] = time.perf_counter()
+        return stopping
 
     try:
         with stop:
@@ -272,20 +327,21 @@ def train(cfg: Config, spec: FFSpec, split: Split, eval_data: tuple, rec: record
         kept = (f"the last good checkpoint (epoch {last}) is kept in {ckpts.directory}"
                 if last else "no checkpoint had been saved yet")
         raise TrainingStopped(f"{err} Training stopped; {kept}.", exit_code=1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         last = ckpts.latest_epoch()
         raise TrainingStopped(
             "stopped without saving" + (f"; resume from the checkpoint of epoch {last}: "
                                         f"{rec.resume_command()}" if last else "."),
-            exit_code=130) from None
+            exit_code=getattr(e, "exit_code", 130)) from None
     finally:
         bar.close()
         rec.close()
         ckpts.close()
     if result.epochs_completed < cfg.epochs:
         raise TrainingStopped(
-            f"interrupted: saved a checkpoint after epoch {result.epochs_completed} of "
-            f"{cfg.epochs}. Resume with: {rec.resume_command()}", exit_code=130)
+            f"stopped ({stop.reason}): saved a checkpoint after epoch "
+            f"{result.epochs_completed} of {cfg.epochs}. Resume with: "
+            f"{rec.resume_command()}", exit_code=stop.exit_code)
     return result, rows, last_eval.get("ev")
 
 
@@ -306,8 +362,12 @@ def run(cfg: Config) -> dict:
     rec, ckpts, start_epoch = open_record(cfg)
     eval_data = (("validation", split.x_val, split.y_val) if cfg.validation_size
                  else ("test", ds.x_test, ds.y_test))
-    result, rows, last_eval = train(cfg, spec, split, eval_data, rec, ckpts, start_epoch,
-                                    devices, put)
+    try:  # every exit path closes the checkpoint manager (and its threads)
+        result, rows, last_eval = train(cfg, spec, split, eval_data, rec, ckpts,
+                                        start_epoch, devices, put, t_start)
+    finally:
+        rec.close()
+        ckpts.close()
 
     # The test set is scored once, at the end, and not at all for a run that holds out
     # a validation split (unless asked): settings are chosen on that split.
@@ -344,11 +404,12 @@ def run(cfg: Config) -> dict:
 
 def guarded(fn):
     """(fn(), 0), or (None, exit code) after one line on stderr for bad input (2), a
-    stopped run (1: diverged; 130: Ctrl-C) or an interruption: never a traceback."""
+    stopped run (1: diverged; 130: Ctrl-C; 143: SIGTERM; 124: --time-limit) or an
+    interruption: never a traceback."""
     try:
         return fn(), 0
     except TrainingStopped as e:
-        print(f"error: {e}" if e.exit_code != 130 else str(e), file=sys.stderr)
+        print(f"error: {e}" if e.exit_code == 1 else str(e), file=sys.stderr)
         return None, e.exit_code
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was saved.", file=sys.stderr)

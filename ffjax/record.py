@@ -97,12 +97,25 @@ def provenance() -> dict:
             "command": command_line(), **code_version()}
 
 
-def write_json(path, obj) -> Path:
-    """Writes obj as indented JSON, creating the parent folders."""
+def replace_atomically(path, write) -> Path:
+    """Calls write(tmp_path) and renames the file over `path` (creating the parent
+    folders), so a reader or a kill mid-write never sees a truncated file: `path` holds
+    either its old content or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_json(path, obj) -> Path:
+    """Writes obj as indented JSON, atomically (replace_atomically)."""
+    text = json.dumps(obj, indent=2)
+    return replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_benchmark(name: str, info: dict, out=None, *, suffix: str) -> Path:

@@ -78,29 +78,46 @@ def uninterrupted(data_dir, tmp_path_factory):
     return out
 
 
-def test_killed_run_resumes_to_exactly_the_uninterrupted_result(data_dir, tmp_path,
-                                                                uninterrupted):
+def test_killed_run_with_a_corrupt_newest_checkpoint_resumes_exactly(data_dir, tmp_path,
+                                                                     uninterrupted):
     out = tmp_path / "killed"
     proc = _start("--data-dir", data_dir, *RUN, "--checkpoint-every", 1, "--out-dir", out)
     _wait_for(lambda: (out / "checkpoints" / "2").is_dir(), proc)
     proc.kill()  # SIGKILL: no chance to clean up
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL and not (out / "results.json").exists()
+    # A half-written save is a temporary folder orbax never reports as a checkpoint.
+    (out / "checkpoints" / "9.orbax-checkpoint-tmp-1").mkdir()
+    ckpts = checkpoint.Checkpoints(out)
+    newest = ckpts.latest_epoch()
+    ckpts.close()
+    assert newest in (2, 3)
+    for f in (out / "checkpoints" / str(newest)).rglob("*"):  # the probe of the issue
+        if f.is_file():
+            f.write_bytes(np.random.default_rng(0).bytes(max(f.stat().st_size, 64)))
 
     resumed = _run("--resume", out, "--data-dir", data_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    warning = [ln for ln in resumed.stderr.splitlines() if "corrupt" in ln]
+    assert len(warning) == 1 and f"checkpoint of epoch {newest}" in warning[0]
+    assert f"resuming from the checkpoint of epoch {newest - 1}" in warning[0]
+    assert "Traceback" not in resumed.stderr and "does not fit" not in resumed.stderr
+    assert (out / "checkpoints" / f"corrupt-{newest}").is_dir()  # kept, set aside
     _same_run(uninterrupted, out)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(data_dir, tmp_path, uninterrupted):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(data_dir, tmp_path,
+                                                                    uninterrupted, sig,
+                                                                    code):
     out = tmp_path / "interrupted"
-    # --checkpoint-every 0: the only checkpoint before the end is the one Ctrl-C makes.
+    # --checkpoint-every 0: the only checkpoint before the end is the one the signal makes.
     proc = _start("--data-dir", data_dir, *RUN, "--checkpoint-every", 0, "--out-dir", out)
     metrics = out / "metrics.jsonl"
     _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err
     assert f"Resume with: python -m experiments.mnist --resume {out}" in err
     done = len(metrics.read_text().splitlines())
@@ -275,6 +292,33 @@ def test_unwritable_run_directory_is_one_line(data_dir, tmp_path):
                                   "--epochs", "1", "--out-dir", str(blocker / "run")])
     assert code == 2 and "Not a directory" in err and _one_line(err), err
     assert blocker.read_text() == "mine"
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resume_completes(data_dir, tmp_path,
+                                                                  uninterrupted):
+    out = tmp_path / "limited"
+    # 1 s is over before the first epoch ends: it stops after that epoch, with code 124.
+    code, err = _main_in_process(["--data-dir", str(data_dir), *RUN, "--checkpoint-every",
+                                  "0", "--time-limit", "1s", "--out-dir", str(out)])
+    assert code == 124 and "stopped (--time-limit 1s)" in err and _one_line(err), err
+    assert checkpoint.Checkpoints(out).latest_epoch() == 1
+    code, err = _main_in_process(["--resume", str(out), "--time-limit", "1h"])
+    assert code == 0, err
+    _same_run(uninterrupted, out)
+
+
+def test_resuming_another_network_names_the_leaf_and_exits_cleanly(data_dir, tmp_path):
+    out = tmp_path / "r"
+    code, _ = _main_in_process(["--data-dir", str(data_dir), "--hidden", "8", "4",
+                                "--epochs", "2", "--checkpoint-every", "1",
+                                "--out-dir", str(out)])
+    assert code == 0
+    (out / "results.json").unlink()  # as if it had stopped after its last checkpoint
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "hidden": [8, 5]}))
+    proc = _run("--resume", out)
+    assert proc.returncode == 2 and _one_line(proc.stderr), proc.stderr
+    assert "of another network" in proc.stderr and "layers.1.params.w" in proc.stderr
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(data_dir, tmp_path):
