@@ -14,6 +14,7 @@ from ffjax.driver import SCHEDULES
 from ffjax.spec import FFSpec
 
 _SPEC, _OPT = FFSpec(), optim.OptimizerSpec()  # the library's defaults are the CLI's
+_MASK = negatives.hybrid().generate, negatives.masked().generate
 
 
 def _field(default, help: str):
@@ -71,12 +72,21 @@ class Config:
     label_strength: float = _field(_SPEC.label_strength, "value of the one-hot label")
     schedule: str = _field("simultaneous", "simultaneous: every layer on every minibatch; "
                                            "greedy: layer by layer, epochs split equally")
-    negatives: str = _field(_SPEC.negatives, "negative labels: uniform (over the C-1 wrong "
-                                             "ones), hard (from the softmax readout, true "
-                                             "label masked; turns the readout on), all "
-                                             "(every wrong label), none (for the "
-                                             "class-group objective), or one a module "
-                                             "added to ffjax.negatives.GENERATORS")
+    negatives: str = _field(_SPEC.negatives, "negative data: uniform (the image with one "
+                                             "of the C-1 wrong labels), hard (a wrong label "
+                                             "from the softmax readout, true label masked; "
+                                             "turns the readout on), all (every wrong "
+                                             "label), hybrid (two images mixed through a "
+                                             "blurred random mask; no labels: with "
+                                             "--label-encoding none), masked (the image "
+                                             "with contiguous patches zeroed; no labels), "
+                                             "none (for the class-group objective), or one "
+                                             "a module added to ffjax.negatives.GENERATORS")
+    mask_blur_steps: int = _field(_MASK[0].blur_steps, "how often the random mask of "
+                                  "--negatives hybrid and masked is blurred with [1/4, 1/2, "
+                                  "1/4] along each axis (more: larger regions)")
+    mask_fraction: float = _field(_MASK[1].fraction, "share of the pixels "
+                                  "--negatives masked zeroes")
     peer_strength: float = _field(_SPEC.peer_strength, "peer normalization strength (0 "
                                                        "disables; the reference uses 0.03)")
     goodness_scope: str = _field(_SPEC.goodness_scope, "what the objective scores: layer "
@@ -138,7 +148,8 @@ class Config:
     overwrite: bool = _field(False, "allow writing into a run directory that has files")
     preset: typing.Optional[str] = _field(
         None, "start from a named set of settings (flags given explicitly still win): "
-              "hinton = the reference recipe of the author's code; mnist-conv = three "
+              "hinton = the reference recipe of the author's code; hinton-unsupervised = "
+              "its unsupervised FF (hybrid negatives, no label); mnist-conv = three "
               "conv layers with class-group competition; cifar10-conv = a conv network "
               "for CIFAR-10 (unmeasured)")
 
@@ -162,6 +173,18 @@ PRESETS = {
     # Three conv layers, channel-wise competition (class groups of each layer's channels,
     # no label in the input, no negatives): the best of the MNIST conv screens on the
     # validation split (docs/blocks.md).
+    # The paper's unsupervised FF: no label in the input, hybrid-image negatives, the
+    # softmax readout (on the normalized activities of the last three layers) as the
+    # prediction; 4 x 2000 for 100 epochs with the reference update otherwise.
+    "hinton-unsupervised": dict(hidden=(2000, 2000, 2000, 2000), epochs=100,
+                                batch_size=100, optimizer="smoothed_sgd", lr=0.01,
+                                lr_scaling="none", lr_decay=True, lr_gain_per_epoch=True,
+                                weight_decay=0.001, decoupled_weight_decay=True, theta=None,
+                                norm="rms_ref", objective="logistic", temperature=1.0,
+                                loss_scale=0.5, label_encoding="none", negatives="hybrid",
+                                peer_strength=0.03, readout=True, readout_lr=0.1,
+                                readout_weight_decay=0.003, readout_bias=False,
+                                readout_layers=None, schedule="simultaneous"),
     "mnist-conv": dict(hidden=("conv:20:5:p2", "conv:80:3:p2", "conv:160:3"), epochs=20,
                        batch_size=100, objective="group_softmax", temperature=1.0,
                        label_encoding="none", negatives="none", peer_strength=0.0,
@@ -353,6 +376,19 @@ def check_config(cfg: Config) -> None:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
     if cfg.seeds < 1:
         bad(f"--seeds {cfg.seeds}: must be >= 1.")
+    if cfg.label_encoding == "none" and cfg.objective != "group_softmax":
+        if not cfg.readout:
+            bad("--no-readout: with --label-encoding none the softmax readout is the "
+                "prediction (the goodness readout needs a label in the input); keep "
+                "--readout.")
+        if cfg.score_layers is not None:
+            bad("--score-layers: the goodness readout needs a label in the input; with "
+                "--label-encoding none the softmax readout predicts (choose its layers "
+                "with --readout-layers).")
+    if cfg.mask_blur_steps < 0:
+        bad(f"--mask-blur-steps {cfg.mask_blur_steps}: must be >= 0.")
+    if not 0 < cfg.mask_fraction < 1:
+        bad(f"--mask-fraction {cfg.mask_fraction}: must be in (0, 1).")
     if cfg.time_limit is not None:
         parse_duration(cfg.time_limit)
     if cfg.eval_every < 0:
@@ -414,11 +450,22 @@ def spec_of(cfg: Config, num_classes: int, image_shape=None) -> FFSpec:
         label_strength=cfg.label_strength,
         norm=cfg.norm, theta=cfg.theta, objective=cfg.objective,
         temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
-        loss_scale=cfg.loss_scale, negatives=cfg.negatives,
+        loss_scale=cfg.loss_scale, negatives=negatives_of(cfg, image_shape),
         peer_strength=cfg.peer_strength, goodness_scope=cfg.goodness_scope,
         input_noise=cfg.input_noise, readout=cfg.readout,
         readout_label_smoothing=cfg.readout_label_smoothing,
         readout_layers=cfg.readout_layers, score_layers=score_layers(cfg))
+
+
+def negatives_of(cfg: Config, image_shape=None):
+    """--negatives as FFSpec(negatives=...) takes it: the name, or for the mask-based
+    generators one built with the dataset's image shape and the mask settings."""
+    if cfg.negatives == "hybrid":
+        return negatives.hybrid(image_shape=image_shape, blur_steps=cfg.mask_blur_steps)
+    if cfg.negatives == "masked":
+        return negatives.masked(image_shape=image_shape, fraction=cfg.mask_fraction,
+                                blur_steps=cfg.mask_blur_steps)
+    return cfg.negatives
 
 
 def optimizer_of(cfg: Config) -> optim.OptimizerSpec:

@@ -117,6 +117,12 @@ class _StopRequest:
         return False
 
 
+def goodness_applies(spec: FFSpec) -> bool:
+    """Whether the goodness readout can predict: a label in the input to vary, or class
+    groups to compare."""
+    return bool(spec.encoding.carries_label or spec.uses_groups)
+
+
 def make_evaluator(spec: FFSpec, seeds: int):
     """`evaluate(state, x_dev, y, *, full=True) -> dict`.
 
@@ -124,14 +130,23 @@ def make_evaluator(spec: FFSpec, seeds: int):
     summed layers, read from the same passes) and of the softmax readout when trained.
     full=False: the softmax readout alone, one pass per example (the cheap per-epoch
     progress; {} without a trained readout). With several seeds the mean, std and
-    per-seed values."""
-    predict = inference.make_predict(spec)
+    per-seed values.
+
+    Without a label in the input (and no class groups) the goodness readout does not
+    apply: the softmax readout is the prediction, and its accuracy is "accuracy"."""
+    goodness = goodness_applies(spec)
+    predict = inference.make_predict(spec) if goodness else None
     predict_readout = inference.make_predict_readout(spec)
-    choices = {"all": tuple(range(spec.num_layers))}
-    if spec.num_layers > 1:
+    choices = {"all": tuple(range(spec.num_layers))} if goodness else {}
+    if goodness and spec.num_layers > 1:
         choices["all_but_first"] = tuple(range(1, spec.num_layers))
 
     def one(st, x_dev, y):
+        if not goodness:
+            p = jax.device_get(predict_readout(params_of(st), st.readout.params, x_dev))
+            acc = inference.accuracy(p, y)
+            return {"accuracy": acc, "accuracy_softmax": acc, "pred": p,
+                    "accuracy_per_layer": [], "by_score_layers": {}}
         rparams = st.readout.params if st.readout is not None else None
         p = jax.device_get(predict(params_of(st), x_dev, rparams))
         out = {"accuracy": inference.accuracy(p.combined, y), "pred": p.combined,
@@ -379,7 +394,9 @@ def run(cfg: Config) -> dict:
     eval_seconds = sum(r.get("eval_seconds", 0.0) for r in rows[start_epoch:]) + (
         final["seconds"] if final is not last_eval else 0.0)
     results = {**split_results(final_split, final, cfg.seeds),
-               "score_layers": list(spec.score_layer_ids),
+               "prediction": "goodness" if goodness_applies(spec) else "softmax",
+               "score_layers": (list(spec.score_layer_ids) if goodness_applies(spec)
+                                else None),
                "train_seconds": float(sum(r["seconds"] for r in rows)),
                "compile_seconds": result.compile_seconds,
                "seconds_per_epoch_median": float(np.median([r["seconds"] for r in rows])),
@@ -430,6 +447,8 @@ def main(defaults: Config, description: str, argv=None) -> int:
     split = "test" if "test_accuracy" in results else "validation"
     softmax = (f", softmax readout {100 * results[f'{split}_accuracy_softmax']:.2f}%"
                if f"{split}_accuracy_softmax" in results else "")
+    if results["prediction"] == "softmax":
+        softmax = " by the softmax readout (no label in the input)"
     if "seeds" in results:
         softmax += (f" (mean of {results['seeds']} seeds; goodness std "
                     f"{100 * results[f'{split}_accuracy_std']:.2f})")

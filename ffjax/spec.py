@@ -61,8 +61,9 @@ class FFSpec:
       temperature: of the logistic and collaborative objectives.
       symba_alpha: alpha of the symba objective.
       loss_scale: multiplies every layer's objective (0.5: the reference code's step).
-      negatives: "uniform", "hard" (from the softmax readout; trains it), "all", or a
-        negatives.NegativeGenerator of your own.
+      negatives: "uniform", "hard" (from the softmax readout; trains it), "all", the
+        label-free "hybrid" and "masked" (negatives.hybrid(image_shape=...) for flat
+        inputs), "none", or a negatives.NegativeGenerator of your own.
       peer_strength: peer normalization strength (0 disables; 0.03 in the reference).
       peer_momentum: decay of the running mean activity used by peer normalization.
       goodness_scope: what the objective scores: "layer" (the sum of squares of the
@@ -127,8 +128,8 @@ class FFSpec:
             raise ValueError(f"label_encoding={self.label_encoding!r} must be one of "
                              f"{encodings.ENCODINGS} or an object with embed, neutral, "
                              "encoded_shape and carries_label (ffjax.encodings).")
-        gen = negatives_lib.resolve(self.negatives)
-        self._check_objective_kind(gen)
+        gen, neg = negatives_lib.resolve(self.negatives), negatives_lib.name_of(self.negatives)
+        self._check_objective_kind(gen, neg)
         if self.goodness_scope not in GOODNESS_SCOPES:
             raise ValueError(f"goodness_scope={self.goodness_scope!r}: choose one of "
                              f"{GOODNESS_SCOPES}.")
@@ -138,9 +139,15 @@ class FFSpec:
                              "term; the collaborative and class-group objectives combine "
                              "whole layers, so use goodness_scope='layer' with them.")
         if gen.uses_labels and not self.encoding.carries_label:
-            raise ValueError(f"negatives={self.negatives!r} writes wrong labels into the "
+            raise ValueError(f"negatives={neg!r} writes wrong labels into the "
                              "input, but the label encoding gives none: use a label-free "
                              "generator or a label encoding.")
+        if (not gen.uses_labels and gen is not negatives_lib.no_negatives
+                and self.encoding.carries_label):
+            raise ValueError(f"negatives={neg!r} makes label-free negatives, "
+                             "but the label encoding writes the true label into every "
+                             "positive, so the two differ by the label alone: set "
+                             "label_encoding='none' (unsupervised FF).")
         if not isinstance(self.theta, (int, float, type(None))):
             set_("theta", tuple(float(t) for t in self.theta))
         self.layer_shapes  # noqa: B018 (raises if a block does not fit its input)
@@ -173,7 +180,7 @@ class FFSpec:
                 set_(name, tuple(int(i) for i in getattr(self, name)))
         self.readout_layer_ids, self.score_layer_ids  # noqa: B018 (raise if out of range)
 
-    def _check_objective_kind(self, gen) -> None:
+    def _check_objective_kind(self, gen, neg: str) -> None:
         if isinstance(self.objective, str):
             objective.make_objective(self.objective)  # checks the name
         elif not callable(self.objective) and not isinstance(self.objective,
@@ -183,7 +190,7 @@ class FFSpec:
                              "thetas_L) -> (L,) losses, or an objective.GroupObjective.")
         if self.uses_groups:
             if gen is not negatives_lib.no_negatives:
-                raise ValueError(f"negatives={self.negatives!r}: a class-group objective "
+                raise ValueError(f"negatives={neg!r}: a class-group objective "
                                  "uses no negative data; set negatives='none'.")
             if self.encoding.carries_label:
                 raise ValueError("a class-group objective reads the class off the "

@@ -1,0 +1,132 @@
+"""Unsupervised FF: label-free negatives (hybrid images, masked images), no label in the
+input, the softmax readout as the prediction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ffjax import driver, epoch as epoch_lib, inference, negatives, optim
+from ffjax.negatives import Minibatch
+from ffjax.spec import FFSpec
+
+
+def _neighbours_equal(mask):
+    """Share of horizontally and vertically adjacent pixel pairs with the same value."""
+    m = np.asarray(mask)
+    return float(np.mean(np.concatenate([(m[:, 1:] == m[:, :-1]).ravel(),
+                                         (m[:, :, 1:] == m[:, :, :-1]).ravel()])))
+
+
+def test_hybrid_mask_takes_half_the_pixels_in_contiguous_regions():
+    shape = (256, 28, 28)
+    masks = {k: negatives.hybrid_mask(jax.random.key(k), shape, k) for k in (0, 2, 6, 12)}
+    for k, m in masks.items():
+        assert set(np.unique(np.asarray(m))) <= {0.0, 1.0}
+        assert abs(float(m.mean()) - 0.5) < 0.03, (k, float(m.mean()))
+    # Random bits agree with a neighbour half the time; blurring makes regions, larger
+    # the more it is repeated.
+    share = [_neighbours_equal(masks[k]) for k in (0, 2, 6, 12)]
+    assert abs(share[0] - 0.5) < 0.02
+    assert share[1] > 0.7 and share[1] < share[2] < share[3]
+
+
+def test_a_hybrid_negative_is_exactly_the_mixture_of_two_different_images():
+    x = jax.random.uniform(jax.random.key(0), (16, 28 * 28))
+    gen = negatives.hybrid(image_shape=(28, 28, 1), blur_steps=6)
+    neg = gen.generate(jax.random.key(3), Minibatch(x, jnp.zeros(16, jnp.int32)), None)
+    assert neg.shape == x.shape and not gen.uses_labels
+    mask_key, pair_key = jax.random.split(jax.random.key(3))  # the generator's draws
+    mask = negatives.hybrid_mask(mask_key, (16, 28, 28), 6).reshape(16, -1)
+    other = negatives.partner(pair_key, 16)
+    assert not np.any(np.asarray(other) == np.arange(16))  # never an image with itself
+    np.testing.assert_array_equal(neg, x * mask + x[other] * (1 - mask))
+    from_a = np.isclose(neg, x) & ~np.isclose(neg, x[other])
+    assert 0.4 < from_a.mean() < 0.6  # about half of each
+
+
+def test_images_keep_their_shape_and_flat_inputs_need_one():
+    x = jax.random.uniform(jax.random.key(0), (4, 6, 6, 2))
+    neg = negatives.GENERATORS["hybrid"].generate(jax.random.key(1), Minibatch(x, None), None)
+    assert neg.shape == x.shape
+    with pytest.raises(ValueError, match="image shape"):
+        negatives.GENERATORS["hybrid"].generate(jax.random.key(1),
+                                                Minibatch(x.reshape(4, -1), None), None)
+
+
+def test_masked_negatives_zero_about_the_fraction_in_patches():
+    x = jnp.ones((64, 28, 28, 1))
+    gen = negatives.masked(fraction=0.3, blur_steps=6)
+    neg = np.asarray(gen.generate(jax.random.key(0), Minibatch(x, None), None))[..., 0]
+    assert set(np.unique(neg)) <= {0.0, 1.0}
+    assert abs(float((neg == 0).mean()) - 0.3) < 0.02
+    assert _neighbours_equal(neg) > 0.8
+
+
+UNSUP = dict(hidden=("conv:4:3", 16, 8), input_shape=(6, 6, 2), num_classes=4,
+             label_encoding="none", negatives="hybrid")
+
+
+@pytest.mark.parametrize("peer_strength", [0.0, 0.03])
+def test_locality_holds_with_hybrid_negatives(peer_strength):
+    spec = FFSpec(**UNSUP, readout=False, peer_strength=peer_strength)
+    state = epoch_lib.init_train_state(jax.random.key(0), spec, spec.input_shape,
+                                       optax.sgd(0.1))
+    params = epoch_lib.params_of(state)
+    x = jax.random.uniform(jax.random.key(1), (6, 6, 6, 2))
+    x_neg = spec.negative_generator.generate(jax.random.key(2), Minibatch(x, None), spec)
+    for k in range(len(params)):
+        grads = jax.grad(lambda p: epoch_lib.local_losses(p, x, x_neg, spec)[0][k])(params)
+        for j, g in enumerate(grads):
+            total = sum(float(jnp.abs(leaf).sum()) for leaf in jax.tree.leaves(g))
+            assert (total > 0.0) if j == k else (total == 0.0), (k, j)
+
+
+def test_no_label_reaches_the_ff_layers(mnist):
+    """Training on shuffled labels leaves every FF layer bit-identical; only the softmax
+    readout, which reads the labels, differs."""
+    spec = FFSpec(hidden=(32, 16), num_classes=10, label_encoding="none",
+                  negatives=negatives.hybrid(image_shape=(28, 28, 1)), readout=True)
+    x, y = mnist.x_train[:600], mnist.y_train[:600]
+    shuffled = np.random.default_rng(0).permutation(y)
+    runs = [driver.fit(jax.random.key(0), x, labels, spec, epochs=2, batch_size=100)
+            for labels in (y, shuffled)]
+    a, b = (epoch_lib.params_of(r.state) for r in runs)
+    for la, lb in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(la, lb)
+    assert not np.array_equal(runs[0].state.readout.params.w, runs[1].state.readout.params.w)
+
+
+def test_goodness_readout_does_not_apply_without_a_label():
+    spec = FFSpec(hidden=(8,), num_classes=10, input_shape=(784,), label_encoding="none",
+                  negatives=negatives.hybrid(image_shape=(28, 28, 1)))
+    with pytest.raises(ValueError, match="label"):
+        inference.make_predict(spec)
+    with pytest.raises(ValueError, match="label_encoding='none'"):
+        FFSpec(hidden=(8,), num_classes=10, negatives="hybrid")
+    with pytest.raises(ValueError, match="writes wrong labels"):
+        FFSpec(hidden=(8,), num_classes=10, label_encoding="none", negatives="hard")
+
+
+def test_unsupervised_ff_learns_features_on_mnist(mnist):
+    """A short run: the readout on FF-trained layers beats the same readout on the
+    layers as initialized (random features), on held-out images."""
+    x, y = mnist.x_train[:12000], mnist.y_train[:12000]
+    x_val, y_val = mnist.x_test[:2000], mnist.y_test[:2000]
+    spec = FFSpec(hidden=(300, 300), num_classes=10, label_encoding="none",
+                  negatives=negatives.hybrid(image_shape=(28, 28, 1)), readout=True,
+                  readout_layers=(0, 1))
+    accs = {}
+    # The random-feature baseline: the layers' step is negligible, the readout's is not.
+    for name, opt in (("trained", optim.OptimizerSpec()),
+                      ("random", optim.OptimizerSpec(lr=1e-12, weight_decay=0.0))):
+        r = driver.fit(jax.random.key(0), x, y, spec, epochs=3, batch_size=100,
+                       optimizer=opt)
+        p = inference.make_predict_readout(spec)(epoch_lib.params_of(r.state),
+                                                 r.state.readout.params, x_val)
+        accs[name] = inference.accuracy(p, y_val)
+        if name == "trained":
+            loss = [float(np.mean(h.metrics.layers.loss)) for h in r.history]
+            assert loss[-1] < loss[0]
+    assert accs["trained"] > 0.85 and accs["trained"] > accs["random"] + 0.015, accs
