@@ -112,6 +112,9 @@ class Config:
     score_first_layer: bool = _field(
         True, "with the default --score-layers, sum the first layer's goodness too (the "
               "reference code, and --preset hinton, leave it out)")
+    train_size: typing.Optional[int] = _field(
+        None, "train on the first N training examples only (quick checks; with "
+              "--validation-size the split is taken from those N)")
     validation_size: int = _field(
         0, "hold out the last N training examples for validation; per-epoch evaluation "
            "then uses them instead of the test set (choose hyperparameters on this)")
@@ -372,6 +375,8 @@ def check_config(cfg: Config) -> None:
         bad("--norm l2 gives every activity vector unit length, so the default threshold "
             "(each layer's width, made for --norm rms) is out of reach and nothing is "
             "learned. Give --theta (and retune --lr) with l2.")
+    if cfg.train_size is not None and cfg.train_size <= 0:
+        bad(f"--train-size {cfg.train_size}: must be a positive integer.")
     if cfg.validation_size < 0:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
     if cfg.seeds < 1:

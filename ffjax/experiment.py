@@ -40,9 +40,11 @@ class Split(NamedTuple):
 
 
 def training_split(cfg: Config, ds: data.Dataset) -> Split:
-    """The training set less the last --validation-size examples, and those; checked
-    against --batch-size."""
+    """The training set (its first --train-size examples) less the last
+    --validation-size examples, and those; checked against --batch-size."""
     x_fit, y_fit, x_val, y_val = ds.x_train, ds.y_train, None, None
+    if cfg.train_size is not None:
+        x_fit, y_fit = x_fit[:cfg.train_size], y_fit[:cfg.train_size]
     if cfg.validation_size:
         if cfg.validation_size >= len(y_fit):
             raise UsageError(f"--validation-size {cfg.validation_size} leaves no training "
