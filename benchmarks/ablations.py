@@ -142,6 +142,21 @@ ROWS += [("quick start", label, flags) for label, flags in [
     ("3 x 500, 20 epochs", ["--hidden", "500", "500", "500", "--epochs", "20"]),
 ]]
 
+# Unsupervised FF (no label in the input, label-free negatives, the softmax readout on
+# all layers but the first as the prediction), 2 x 1000 for 10 epochs with the reference
+# update: the mask's blur repetitions, the masked baseline, and random features (the
+# layers' step made negligible) as the floor.
+UNSUP = ["--hidden", "1000", "1000", "--epochs", "10", "--label-encoding", "none"]
+ROWS += [("unsupervised", label, [*UNSUP, *flags]) for label, flags in [
+    ("hybrid, blur 2", ["--negatives", "hybrid", "--mask-blur-steps", "2"]),
+    ("hybrid, blur 6", ["--negatives", "hybrid", "--mask-blur-steps", "6"]),
+    ("hybrid, blur 12", ["--negatives", "hybrid", "--mask-blur-steps", "12"]),
+    ("hybrid, blur 24", ["--negatives", "hybrid", "--mask-blur-steps", "24"]),
+    ("masked 0.5, blur 6", ["--negatives", "masked", "--mask-blur-steps", "6"]),
+    ("random features (lr 1e-9, no decay)", ["--negatives", "hybrid", "--lr", "1e-9",
+                                             "--weight-decay", "0"]),
+]]
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)

@@ -10,7 +10,7 @@ import sys
 from tests.conftest import REPO
 
 SETTINGS = ["--hidden", "32", "--epochs", "2", "--batch-size", "1000", "--negatives",
-            "uniform", "--no-readout", "--eval-every", "1"]
+            "uniform", "--no-readout", "--eval-every", "1", "--train-size", "20000"]
 
 
 def _free_port() -> int:
