@@ -31,11 +31,14 @@ class ReadoutState(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    """The whole training state: one LayerState per hidden layer (input layer first) and
-    the readout's state, or None when no softmax readout is trained."""
+    """The whole training state: one LayerState per hidden layer (input layer first),
+    the readout's state (None when no softmax readout is trained), and the per-layer
+    linear probes' (a tuple of readout parameters, one per layer, and their optimizer
+    state; None unless spec.trains_probes)."""
 
     layers: tuple
     readout: ReadoutState | None = None
+    probes: ReadoutState | None = None
 
 
 class ReadoutMetrics(NamedTuple):
@@ -97,7 +100,12 @@ def init_train_state(key: jax.Array, spec: FFSpec, input_shape, optimizer,
     if readout_optimizer is None:
         return TrainState(layer_states, None)
     rparams = readout.init_readout(spec.readout_width, spec.num_classes)
-    return TrainState(layer_states, ReadoutState(rparams, readout_optimizer.init(rparams)))
+    probes = None
+    if spec.trains_probes:
+        pparams = readout.init_probes(spec)
+        probes = ReadoutState(pparams, readout_optimizer.init(pparams))
+    return TrainState(layer_states, ReadoutState(rparams, readout_optimizer.init(rparams)),
+                      probes)
 
 
 def _check_readout(spec: FFSpec, readout_optimizer) -> None:
@@ -224,7 +232,7 @@ def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSp
             continue
         updates, opt_state = opt.update(g, ls.opt_state, ls.params)
         new_layers.append(LayerState(optax.apply_updates(ls.params, updates), opt_state, m))
-    return TrainState(tuple(new_layers), state.readout), metrics
+    return state._replace(layers=tuple(new_layers)), metrics
 
 
 def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, spec: FFSpec,
@@ -247,6 +255,31 @@ def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, spec: 
     updates, opt_state = readout_optimizer.update(g, rs.opt_state, rs.params)
     new = ReadoutState(optax.apply_updates(rs.params, updates), opt_state)
     return state._replace(readout=new), ReadoutMetrics(ce, acc)
+
+
+def probes_step(state: TrainState, layer_feats: tuple, y_B: jax.Array, spec: FFSpec, *,
+                readout_optimizer: optax.GradientTransformation) -> TrainState:
+    """One update of every layer's linear probe on that layer's features alone (the
+    readout's optimizer, with the probes' own state; each probe's gradient is its own
+    cross-entropy's, as the probes share no parameters)."""
+    ps = state.probes
+
+    def loss_fn(pp):
+        losses = []
+        for p, f in zip(pp, layer_feats):
+            lg = readout.logits(p, f)
+            if spec.readout_label_smoothing:
+                targets = optax.smooth_labels(jax.nn.one_hot(y_B, lg.shape[-1]),
+                                              spec.readout_label_smoothing)
+                losses.append(jnp.mean(optax.softmax_cross_entropy(lg, targets)))
+            else:
+                losses.append(readout.cross_entropy(lg, y_B))
+        return sum(losses)
+
+    g = jax.grad(loss_fn)(ps.params)
+    updates, opt_state = readout_optimizer.update(g, ps.opt_state, ps.params)
+    return state._replace(probes=ReadoutState(optax.apply_updates(ps.params, updates),
+                                              opt_state))
 
 
 def make_train_step(spec: FFSpec, optimizer,
@@ -290,9 +323,10 @@ def make_train_step(spec: FFSpec, optimizer,
             key, noise_key = jax.random.split(key)
             x = x + spec.input_noise * jax.random.normal(noise_key, x.shape, x.dtype)
         read = readout_optimizer is not None
-        feats = logits = None
+        feats = logits = layer_feats = None
         if read:
-            feats = readout.features(params_of(st), x, spec)
+            layer_feats = readout.layer_features(params_of(st), x, spec)
+            feats = readout.select(layer_feats, spec)
             logits = readout.logits(st.readout.params, feats)
         if y_neg is not None:  # given by the caller
             x_neg = with_labels(x, place(y_neg), spec)
@@ -303,6 +337,9 @@ def make_train_step(spec: FFSpec, optimizer,
                                        thetas=thetas, trainable=trainable, y=y)
         read_metrics = None
         if read:
+            if st.probes is not None:  # the probes read the pre-update features too
+                st = probes_step(st, layer_feats, y, spec,
+                                 readout_optimizer=readout_optimizer)
             st, read_metrics = readout_step(st, feats, y, spec,
                                             readout_optimizer=readout_optimizer)
         return st, StepMetrics(layer_metrics, read_metrics)

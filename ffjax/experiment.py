@@ -119,12 +119,6 @@ class _StopRequest:
         return False
 
 
-def goodness_applies(spec: FFSpec) -> bool:
-    """Whether the goodness readout can predict: a label in the input to vary, or class
-    groups to compare."""
-    return bool(spec.encoding.carries_label or spec.uses_groups)
-
-
 def make_evaluator(spec: FFSpec, seeds: int):
     """`evaluate(state, x_dev, y, *, full=True) -> dict`.
 
@@ -135,10 +129,12 @@ def make_evaluator(spec: FFSpec, seeds: int):
     per-seed values.
 
     Without a label in the input (and no class groups) the goodness readout does not
-    apply: the softmax readout is the prediction, and its accuracy is "accuracy"."""
-    goodness = goodness_applies(spec)
+    apply: the softmax readout is the prediction, its accuracy is "accuracy", and the
+    per-layer figures are the layers' linear probes (when trained)."""
+    goodness = spec.goodness_readout_applies
     predict = inference.make_predict(spec) if goodness else None
     predict_readout = inference.make_predict_readout(spec)
+    predict_probes = inference.make_predict_probes(spec)
     choices = {"all": tuple(range(spec.num_layers))} if goodness else {}
     if goodness and spec.num_layers > 1:
         choices["all_but_first"] = tuple(range(1, spec.num_layers))
@@ -147,8 +143,12 @@ def make_evaluator(spec: FFSpec, seeds: int):
         if not goodness:
             p = jax.device_get(predict_readout(params_of(st), st.readout.params, x_dev))
             acc = inference.accuracy(p, y)
+            per_layer = []
+            if st.probes is not None:
+                pp = jax.device_get(predict_probes(params_of(st), st.probes.params, x_dev))
+                per_layer = [inference.accuracy(pp[:, i], y) for i in range(pp.shape[1])]
             return {"accuracy": acc, "accuracy_softmax": acc, "pred": p,
-                    "accuracy_per_layer": [], "by_score_layers": {}}
+                    "accuracy_per_layer": per_layer, "by_score_layers": {}}
         rparams = st.readout.params if st.readout is not None else None
         p = jax.device_get(predict(params_of(st), x_dev, rparams))
         out = {"accuracy": inference.accuracy(p.combined, y), "pred": p.combined,
@@ -174,6 +174,7 @@ def make_evaluator(spec: FFSpec, seeds: int):
         out = {}
         if full:
             out = {"pred": runs[0]["pred"],
+                   "prediction": "goodness" if goodness else "softmax",
                    "accuracy_per_layer": np.mean([r["accuracy_per_layer"] for r in runs],
                                                  axis=0).tolist(),
                    "accuracy_by_score_layers": {
@@ -209,7 +210,7 @@ def eval_row(split: str, ev: dict) -> dict:
     epochs between full evaluations)."""
     row = {"eval_split": split, "eval_seconds": round(ev["seconds"], 4)}
     if "accuracy" in ev:
-        row.update(eval_accuracy=ev["accuracy"],
+        row.update(eval_prediction=ev["prediction"], eval_accuracy=ev["accuracy"],
                    eval_accuracy_per_layer=ev["accuracy_per_layer"],
                    eval_accuracy_by_score_layers=ev["accuracy_by_score_layers"])
     if "accuracy_softmax" in ev:
@@ -396,8 +397,8 @@ def run(cfg: Config) -> dict:
     eval_seconds = sum(r.get("eval_seconds", 0.0) for r in rows[start_epoch:]) + (
         final["seconds"] if final is not last_eval else 0.0)
     results = {**split_results(final_split, final, cfg.seeds),
-               "prediction": "goodness" if goodness_applies(spec) else "softmax",
-               "score_layers": (list(spec.score_layer_ids) if goodness_applies(spec)
+               "prediction": "goodness" if spec.goodness_readout_applies else "softmax",
+               "score_layers": (list(spec.score_layer_ids) if spec.goodness_readout_applies
                                 else None),
                "train_seconds": float(sum(r["seconds"] for r in rows)),
                "compile_seconds": result.compile_seconds,

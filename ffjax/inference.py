@@ -178,6 +178,24 @@ def make_predict_readout(spec: FFSpec, *, chunk_size: int = 10000):
     return predict
 
 
+def make_predict_probes(spec: FFSpec, *, chunk_size: int = 10000):
+    """Builds a jitted `predict(params, probe_params, x_NxD) -> (N, L)` labels, each
+    layer's linear probe (TrainState.probes) on one neutral-label pass."""
+
+    @jax.jit
+    def predict(params, probe_params, x_NxD):
+        network.check_input(params, x_NxD, spec)
+
+        def one(xc):
+            feats = readout.layer_features(params, xc, spec)
+            return jnp.stack([jnp.argmax(readout.logits(p, f), -1)
+                              for p, f in zip(probe_params, feats)], axis=-1)
+
+        return _chunked(one, x_NxD, chunk_size)
+
+    return predict
+
+
 def predict(params: layers.Network, x_NxD: jax.Array, spec: FFSpec, *,
             chunk_size: int = 1000) -> jax.Array:
     """Predicted labels (N,) by the goodness readout. Convenience over make_predict."""

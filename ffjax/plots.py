@@ -32,16 +32,24 @@ def plot_accuracy(rows: Sequence[dict], path) -> Path:
     """Evaluation accuracy per epoch (combined and per layer) and each layer's own
     pos/neg training accuracy."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    # A network with no label in the input predicts with its softmax readout (its
+    # per-layer figures are linear probes): there is no goodness-readout curve.
+    goodness = rows and rows[-1].get("eval_prediction", "goodness") == "goodness"
     evald = [r for r in rows if r.get("eval_accuracy") is not None]
-    if evald:
+    if evald and goodness:
         ep = [r["epoch"] for r in evald]
-        split = evald[-1].get("eval_split", "eval")
         ax1.plot(ep, [100 * r["eval_accuracy"] for r in evald], marker="o", lw=2,
                  label="goodness readout")
         per = np.array([r["eval_accuracy_per_layer"] for r in evald])
         for layer in range(per.shape[1]):
             ax1.plot(ep, 100 * per[:, layer], ls="--", label=f"layer {layer + 1} alone")
-        ax1.set(title=f"{split} accuracy")
+    elif evald and evald[-1].get("eval_accuracy_per_layer"):
+        per = np.array([r["eval_accuracy_per_layer"] for r in evald])
+        for layer in range(per.shape[1]):
+            ax1.plot([r["epoch"] for r in evald], 100 * per[:, layer], ls="--",
+                     label=f"layer {layer + 1}'s linear probe")
+    if evald:
+        ax1.set(title=f"{evald[-1].get('eval_split', 'eval')} accuracy")
     soft = [r for r in rows if r.get("eval_accuracy_softmax") is not None]
     if soft:
         ax1.plot([r["epoch"] for r in soft], [100 * r["eval_accuracy_softmax"] for r in soft],

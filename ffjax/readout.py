@@ -10,18 +10,32 @@ import optax
 from ffjax import labels, layers, network
 
 
-def features(params: layers.Network, x: jax.Array, spec) -> jax.Array:
-    """(B, F): the normalized, flattened activities of spec.readout_layer_ids for the
-    input with the neutral label (spec.encoding.neutral).
+def layer_features(params: layers.Network, x: jax.Array, spec) -> tuple:
+    """Every layer's (B, F_i) normalized, flattened activity for the input with the
+    neutral label (spec.encoding.neutral), under stop_gradient.
 
     x holds raw examples (uint8 or float, no label). No gradient flows back into the
     FF layers from these features.
     """
     acts = network.forward(params, spec.encoding.neutral(labels.to_float(x)), spec)
-    feats = jnp.concatenate(
-        [network.output_features(layers.normalize(acts[i], norm=spec.norm))
-         for i in spec.readout_layer_ids], axis=-1)
-    return jax.lax.stop_gradient(feats)
+    return tuple(jax.lax.stop_gradient(
+        network.output_features(layers.normalize(a, norm=spec.norm))) for a in acts)
+
+
+def select(layer_feats: tuple, spec) -> jax.Array:
+    """(B, F): the softmax readout's features, those of spec.readout_layer_ids."""
+    return jnp.concatenate([layer_feats[i] for i in spec.readout_layer_ids], axis=-1)
+
+
+def features(params: layers.Network, x: jax.Array, spec) -> jax.Array:
+    """(B, F): the softmax readout's features (the normalized, flattened activities of
+    spec.readout_layer_ids, neutral label), which send no gradient to the FF layers."""
+    return select(layer_features(params, x, spec), spec)
+
+
+def init_probes(spec) -> tuple:
+    """One zero-initialized linear probe per layer, on that layer's features alone."""
+    return tuple(init_readout(n, spec.num_classes) for n in spec.layer_sizes)
 
 
 def init_readout(d_in: int, num_classes: int) -> layers.DenseParams:

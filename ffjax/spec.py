@@ -75,6 +75,10 @@ class FFSpec:
       readout: train the one-pass softmax readout (always with hard negatives).
       readout_label_smoothing: label smoothing of the readout's training targets.
       readout_layers: layers the softmax readout reads (None: all but the first).
+      layer_probes: also train a linear softmax probe on each layer's normalized
+        activity alone, beside the readout (per-layer accuracy where the goodness
+        readout does not apply). None: exactly when it does not (no label in the input,
+        no class groups) and a readout is trained.
       score_layers: layers whose goodness the C-label readout sums (None: all).
     """
 
@@ -98,6 +102,7 @@ class FFSpec:
     readout_label_smoothing: float = 0.0
     readout_layers: tuple | None = None
     score_layers: tuple | None = None
+    layer_probes: bool | None = None
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -179,6 +184,9 @@ class FFSpec:
             if getattr(self, name) is not None:
                 set_(name, tuple(int(i) for i in getattr(self, name)))
         self.readout_layer_ids, self.score_layer_ids  # noqa: B018 (raise if out of range)
+        if self.layer_probes and not self.trains_readout:
+            raise ValueError("layer_probes=True trains the probes beside the softmax "
+                             "readout, with its optimizer: set readout=True.")
 
     def _check_objective_kind(self, gen, neg: str) -> None:
         if isinstance(self.objective, str):
@@ -309,6 +317,20 @@ class FFSpec:
     def trains_readout(self) -> bool:
         """Whether a softmax readout is trained (asked for, or needed by hard negatives)."""
         return self.readout or self.negative_generator.needs_logits
+
+    @property
+    def goodness_readout_applies(self) -> bool:
+        """Whether the goodness readout can predict: a label in the input to vary, or
+        class groups to compare."""
+        return bool(self.encoding.carries_label or self.uses_groups)
+
+    @property
+    def trains_probes(self) -> bool:
+        """Whether a linear probe per layer is trained (layer_probes; None: where the
+        goodness readout does not apply and a readout is trained)."""
+        if self.layer_probes is not None:
+            return bool(self.layer_probes)
+        return self.trains_readout and not self.goodness_readout_applies
 
     @property
     def readout_width(self) -> int:

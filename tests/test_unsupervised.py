@@ -130,3 +130,29 @@ def test_unsupervised_ff_learns_features_on_mnist(mnist):
             loss = [float(np.mean(h.metrics.layers.loss)) for h in r.history]
             assert loss[-1] < loss[0]
     assert accs["trained"] > 0.85 and accs["trained"] > accs["random"] + 0.015, accs
+
+
+def test_each_layer_has_a_probe_and_the_last_ones_is_the_readout(mnist):
+    """Without a label the per-layer figures are linear probes, trained beside the
+    readout with its optimizer: on two layers the readout reads layer 2 alone, so the
+    layer-2 probe is the readout, bit for bit, while the probes send no gradient to the
+    FF layers (they train exactly as without probes)."""
+    base = dict(hidden=(32, 16), num_classes=10, label_encoding="none",
+                negatives=negatives.hybrid(image_shape=(28, 28, 1)))
+    x, y = mnist.x_train[:400], mnist.y_train[:400]
+    with_probes = driver.fit(jax.random.key(0), x, y, FFSpec(**base), epochs=1,
+                             batch_size=100)
+    without = driver.fit(jax.random.key(0), x, y, FFSpec(**base, layer_probes=False),
+                         epochs=1, batch_size=100)
+    assert without.state.probes is None and len(with_probes.state.probes.params) == 2
+    np.testing.assert_array_equal(with_probes.state.probes.params[1].w,
+                                  with_probes.state.readout.params.w)
+    for a, b in zip(jax.tree.leaves(epoch_lib.params_of(with_probes.state)),
+                    jax.tree.leaves(epoch_lib.params_of(without.state))):
+        np.testing.assert_array_equal(a, b)
+    spec = FFSpec(**base)
+    pred = inference.make_predict_probes(spec)(epoch_lib.params_of(with_probes.state),
+                                               with_probes.state.probes.params, x)
+    assert pred.shape == (400, 2)
+    with pytest.raises(ValueError, match="layer_probes=True"):
+        FFSpec(**base, readout=False, layer_probes=True)
