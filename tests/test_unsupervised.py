@@ -156,3 +156,33 @@ def test_each_layer_has_a_probe_and_the_last_ones_is_the_readout(mnist):
     assert pred.shape == (400, 2)
     with pytest.raises(ValueError, match="layer_probes=True"):
         FFSpec(**base, readout=False, layer_probes=True)
+
+
+def test_an_unsupervised_run_resumes_bit_identically(data_dir, tmp_path):
+    """The probes and the readout are part of the checkpointed state: a run stopped
+    after epoch 1 and resumed ends exactly as the uninterrupted one."""
+    import contextlib
+    import io
+    import json
+    import shutil
+    from experiments import mnist
+    from ffjax import experiment
+
+    def main(argv):
+        with contextlib.redirect_stderr(io.StringIO()), \
+                contextlib.redirect_stdout(io.StringIO()):
+            return experiment.main(mnist.DEFAULTS, "test", argv)
+
+    common = ["--data-dir", str(data_dir), "--hidden", "32", "16", "--epochs", "2",
+              "--label-encoding", "none", "--negatives", "hybrid", "--train-size", "2000",
+              "--checkpoint-every", "1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*common, "--out-dir", str(whole)]) == 0
+    assert main([*common, "--out-dir", str(cut)]) == 0
+    shutil.rmtree(cut / "checkpoints" / "2")  # as if stopped after epoch 1
+    (cut / "results.json").unlink()
+    assert main(["--resume", str(cut)]) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (whole, cut))
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a["test_accuracy_per_layer"] == b["test_accuracy_per_layer"]
+    assert len(a["test_accuracy_per_layer"]) == 2 and a["prediction"] == "softmax"
