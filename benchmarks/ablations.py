@@ -161,6 +161,9 @@ ROWS += [("unsupervised, round 2", label, [*UNSUP, *flags]) for label, flags in 
     ("hybrid, blur 1", ["--negatives", "hybrid", "--mask-blur-steps", "1"]),
     ("hybrid, blur 3", ["--negatives", "hybrid", "--mask-blur-steps", "3"]),
 ]]
+# Round 3: no blurring at all (each pixel from either image at random).
+ROWS += [("unsupervised, round 3", "hybrid, blur 0",
+          [*UNSUP, "--negatives", "hybrid", "--mask-blur-steps", "0"])]
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
