@@ -76,7 +76,7 @@ def _none(key, batch: Minibatch, spec):
 
 # The paper does not say how often its mask is blurred; this default was chosen on the
 # validation split (docs/unsupervised.md).
-HYBRID_BLUR_STEPS = 6
+HYBRID_BLUR_STEPS = 1
 MASKED_FRACTION = 0.5
 
 
