@@ -39,6 +39,8 @@ def main(argv=None):
     x_fit, y_fit, x_val, y_val = data.split_validation(ds.x_train, ds.y_train, 10_000)
     if extra["test"]:
         x_fit, y_fit, x_val, y_val = ds.x_train, ds.y_train, ds.x_test, ds.y_test
+    if cfg.train_size is not None:  # --train-size: the first N of the examples trained on
+        x_fit, y_fit = x_fit[:cfg.train_size], y_fit[:cfg.train_size]
     split = "test" if extra["test"] else "validation"
     shaped = lambda a: a.reshape((len(a),) + spec.input_shape)  # noqa: E731
     rows = {"ff": [], "bp": []}

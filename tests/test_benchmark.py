@@ -30,7 +30,7 @@ def test_conv_compare_benchmark_writes_its_record(data_dir, tmp_path):
     from benchmarks import conv_compare
     out = tmp_path / "cc.json"
     conv_compare.main(["--data-dir", str(data_dir), "--hidden", "conv:4:3:s2:p2", "16",
-                       "--epochs", "1", "--out", str(out)])
+                       "--epochs", "1", "--train-size", "10000", "--out", str(out)])
     rec = json.loads(out.read_text())
     assert rec["split"] == "validation" and rec["hidden"] == ["conv:4:3:s2:p2", "16"]
     assert rec["ff_over_bp_epoch_time"] > 0

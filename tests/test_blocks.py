@@ -313,6 +313,6 @@ def test_a_registered_generator_is_a_command_line_choice(monkeypatch):
                                       uses_labels=False)
     monkeypatch.setitem(negatives.GENERATORS, "reversed", gen)
     cfg = config.parse_config(["--negatives", "reversed", "--label-encoding", "none",
-                               "--no-readout", "--hidden", "8"], config.Config())
+                               "--hidden", "8"], config.Config())
     config.check_config(cfg)
     assert config.spec_of(cfg, 10).negative_generator is gen

@@ -123,7 +123,7 @@ def test_eight_device_run_equals_the_single_device_run(data_dir):
 
 def test_cli_devices_flag(data_dir, tmp_path):
     common = ["-m", "experiments.mnist", "--data-dir", str(data_dir), "--hidden", "16",
-              "--epochs", "1"]
+              "--epochs", "1", "--train-size", "10000"]
     bad = _python(common + ["--out-dir", str(tmp_path / "a")], EIGHT)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "does not split evenly across 8 devices" in bad.stderr

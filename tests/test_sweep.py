@@ -63,7 +63,7 @@ def _sweep(*args):
 def test_sweep_cli_writes_one_table(data_dir, tmp_path):
     out = tmp_path / "sweep"
     proc = _sweep("--data-dir", data_dir, "--hidden", 16, "--epochs", 1, "--thetas", 8, 16,
-                  "--lrs", 0.01, 0.03, "--seeds", 2, "--out-dir", out)
+                  "--lrs", 0.01, 0.03, "--seeds", 2, "--train-size", 30000, "--out-dir", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "sweep.json").read_text())
     assert record["models"] == 8 and len(record["runs"]) == 8
