@@ -41,14 +41,21 @@ OBJECTIVES = [objective.logistic, objective.make_objective("symba", alpha=4.0),
               objective.make_objective("collaborative", temperature=2.0)]
 
 
-@pytest.mark.parametrize("net", list(NETS))
-@pytest.mark.parametrize("objective_fn", OBJECTIVES, ids=["logistic", "symba", "collaborative"])
+# Every block type with the logistic, and every built-in objective on dense layers (layer
+# collaboration reads the other layers' goodness, whatever the blocks), each with and
+# without peer normalization.
+LOCALITY_CASES = [(net, 0) for net in NETS] + [("dense", 1), ("dense", 2)]
+
+
+@pytest.mark.parametrize("net, objective_index", LOCALITY_CASES,
+                         ids=[f"{n}-{['logistic', 'symba', 'collaborative'][i]}"
+                              for n, i in LOCALITY_CASES])
 @pytest.mark.parametrize("peer_strength", [0.0, 0.03])
-def test_locality_gradient_of_layer_k_reaches_layer_k_alone(net, objective_fn,
+def test_locality_gradient_of_layer_k_reaches_layer_k_alone(net, objective_index,
                                                             peer_strength):
     """Layer k's objective sends gradient to layer k and to no other layer, for every
-    block type, every built-in objective (layer collaboration reads the other layers'
-    goodness) and with peer normalization."""
+    block type, every built-in objective and with peer normalization."""
+    objective_fn = OBJECTIVES[objective_index]
     spec = FFSpec(**NETS[net], num_classes=4, negatives="uniform", readout=False,
                   objective=objective_fn, peer_strength=peer_strength)
     state = epoch_lib.init_train_state(jax.random.key(0), spec, spec.input_shape,
