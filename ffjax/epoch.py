@@ -235,21 +235,29 @@ def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSp
     return state._replace(layers=tuple(new_layers)), metrics
 
 
+def _training_loss(logits_BxC, y_B, spec: FFSpec):
+    """A readout's (or probe's) training loss: the cross-entropy against the labels,
+    smoothed by spec.readout_label_smoothing."""
+    if not spec.readout_label_smoothing:
+        return readout.cross_entropy(logits_BxC, y_B)
+    targets = optax.smooth_labels(jax.nn.one_hot(y_B, logits_BxC.shape[-1]),
+                                  spec.readout_label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits_BxC, targets))
+
+
 def readout_step(state: TrainState, feats_BxF: jax.Array, y_B: jax.Array, spec: FFSpec,
                  *, readout_optimizer: optax.GradientTransformation):
     """One update of the softmax readout on features it cannot send gradient through,
     its targets smoothed by spec.readout_label_smoothing. Returns (state, ReadoutMetrics) measured
     before the update (the cross-entropy against the hard labels)."""
-    rs, label_smoothing = state.readout, spec.readout_label_smoothing
+    rs = state.readout
 
     def loss_fn(rp):
         lg = readout.logits(rp, feats_BxF)
         correct = (jnp.argmax(lg, -1) == y_B).astype(jnp.float32)
         ce = readout.cross_entropy(lg, y_B)
-        if not label_smoothing:
-            return ce, (ce, jnp.mean(correct))
-        targets = optax.smooth_labels(jax.nn.one_hot(y_B, lg.shape[-1]), label_smoothing)
-        return jnp.mean(optax.softmax_cross_entropy(lg, targets)), (ce, jnp.mean(correct))
+        loss = _training_loss(lg, y_B, spec) if spec.readout_label_smoothing else ce
+        return loss, (ce, jnp.mean(correct))
 
     (_, (ce, acc)), g = jax.value_and_grad(loss_fn, has_aux=True)(rs.params)
     updates, opt_state = readout_optimizer.update(g, rs.opt_state, rs.params)
@@ -265,16 +273,8 @@ def probes_step(state: TrainState, layer_feats: tuple, y_B: jax.Array, spec: FFS
     ps = state.probes
 
     def loss_fn(pp):
-        losses = []
-        for p, f in zip(pp, layer_feats):
-            lg = readout.logits(p, f)
-            if spec.readout_label_smoothing:
-                targets = optax.smooth_labels(jax.nn.one_hot(y_B, lg.shape[-1]),
-                                              spec.readout_label_smoothing)
-                losses.append(jnp.mean(optax.softmax_cross_entropy(lg, targets)))
-            else:
-                losses.append(readout.cross_entropy(lg, y_B))
-        return sum(losses)
+        return sum(_training_loss(readout.logits(p, f), y_B, spec)
+                   for p, f in zip(pp, layer_feats))
 
     g = jax.grad(loss_fn)(ps.params)
     updates, opt_state = readout_optimizer.update(g, ps.opt_state, ps.params)
