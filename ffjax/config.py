@@ -176,18 +176,6 @@ PRESETS = {
     # Three conv layers, channel-wise competition (class groups of each layer's channels,
     # no label in the input, no negatives): the best of the MNIST conv screens on the
     # validation split (docs/blocks.md).
-    # The paper's unsupervised FF: no label in the input, hybrid-image negatives, the
-    # softmax readout (on the normalized activities of the last three layers) as the
-    # prediction; 4 x 2000 for 100 epochs with the reference update otherwise.
-    "hinton-unsupervised": dict(hidden=(2000, 2000, 2000, 2000), epochs=100,
-                                batch_size=100, optimizer="smoothed_sgd", lr=0.01,
-                                lr_scaling="none", lr_decay=True, lr_gain_per_epoch=True,
-                                weight_decay=0.001, decoupled_weight_decay=True, theta=None,
-                                norm="rms_ref", objective="logistic", temperature=1.0,
-                                loss_scale=0.5, label_encoding="none", negatives="hybrid",
-                                peer_strength=0.03, readout=True, readout_lr=0.1,
-                                readout_weight_decay=0.003, readout_bias=False,
-                                readout_layers=None, schedule="simultaneous"),
     "mnist-conv": dict(hidden=("conv:20:5:p2", "conv:80:3:p2", "conv:160:3"), epochs=20,
                        batch_size=100, objective="group_softmax", temperature=1.0,
                        label_encoding="none", negatives="none", peer_strength=0.0,
@@ -205,6 +193,12 @@ PRESETS = {
                          weight_decay=0.0, readout=True, readout_lr=0.003,
                          readout_weight_decay=0.0, readout_bias=True),
 }
+
+# The paper's unsupervised FF: no label in the input, hybrid-image negatives, the
+# softmax readout (on the normalized activities of the last three layers) as the
+# prediction; 4 x 2000 for 100 epochs with the reference update otherwise.
+PRESETS["hinton-unsupervised"] = dict(PRESETS["hinton"], hidden=(2000, 2000, 2000, 2000),
+                                      label_encoding="none", negatives="hybrid")
 
 
 class UsageError(ValueError):

@@ -167,14 +167,7 @@ def test_help_explains_every_flag():
 
 def _main(argv):
     """The real CLI entry point (experiments.mnist's main) in this process."""
-    import contextlib
-    import io
-    from experiments import mnist
-    from ffjax import experiment
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = experiment.main(mnist.DEFAULTS, "test", argv)
-    return code, err.getvalue()
+    return _entry("mnist", *argv)
 
 
 @pytest.mark.parametrize("args, msg", [
