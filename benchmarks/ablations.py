@@ -164,6 +164,17 @@ ROWS += [("unsupervised, round 2", label, [*UNSUP, *flags]) for label, flags in 
 # Round 3: no blurring at all (each pixel from either image at random).
 ROWS += [("unsupervised, round 3", "hybrid, blur 0",
           [*UNSUP, "--negatives", "hybrid", "--mask-blur-steps", "0"])]
+# Round 4, at the best blur (1): the readout's regularization, the layers' step and peer
+# normalization, which were validated for supervised FF only.
+ROWS += [("unsupervised, round 4", label, [*UNSUP, "--negatives", "hybrid", *flags])
+         for label, flags in [
+    ("readout weight decay 0.01", ["--readout-weight-decay", "0.01"]),
+    ("readout weight decay 0.0003", ["--readout-weight-decay", "0.0003"]),
+    ("readout label smoothing 0.1", ["--readout-label-smoothing", "0.1"]),
+    ("layer lr 0.02", ["--lr", "0.02"]),
+    ("peer normalization 0.1", ["--peer-strength", "0.1"]),
+    ("peer normalization 0", ["--peer-strength", "0"]),
+]]
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
