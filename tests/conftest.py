@@ -39,3 +39,12 @@ def data_dir() -> Path:
 def mnist(data_dir):
     from ffjax import data
     return data.load("mnist", data_dir)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts) starts one worker more than there are cores, up to
+    8 cores: every test spends part of its time single-threaded (tracing, compiling,
+    starting a CLI process), and the extra worker keeps the cores busy meanwhile."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    return cores + 1 if cores <= 8 else cores

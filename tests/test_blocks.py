@@ -30,6 +30,17 @@ def _spec(net, **kw):
     return FFSpec(**NETS[net], num_classes=C, negatives="uniform", readout=False, **kw)
 
 
+def _assert_local(losses, params):
+    """Layer k's loss (losses(params)[k]) has a gradient in layer k's parameters and an
+    exactly zero one in every other layer's. All layers' gradients in one compiled call."""
+    grads = jax.jit(lambda p: [jax.grad(lambda q: losses(q)[k])(p)
+                               for k in range(len(params))])(params)
+    for k, per_layer in enumerate(grads):
+        for j, g in enumerate(per_layer):
+            total = sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(g))
+            assert (total > 0) == (j == k), (k, j)
+
+
 def _data(spec, n=24, seed=0):
     kx, ky = jax.random.split(jax.random.key(seed))
     x = jax.random.randint(kx, (n,) + spec.input_shape, 0, 256).astype(jnp.uint8)
@@ -44,8 +55,8 @@ def test_training_and_inference_compute_the_same_activities(net):
     params = network.init_network(jax.random.key(1), spec)
     x, y = _data(spec, n=5)
     x_pos = spec.encoding.embed(labels.to_float(x), y)
-    _, metrics, _ = epoch.local_losses(params, x_pos, x_pos, spec)
-    g = inference.layer_goodness(params, x, spec)  # (B, L, C)
+    _, metrics, _ = jax.jit(lambda p, a: epoch.local_losses(p, a, a, spec))(params, x_pos)
+    g = jax.jit(lambda p, a: inference.layer_goodness(p, a, spec))(params, x)  # (B, L, C)
     g_true = jnp.take_along_axis(g, y[:, None, None], axis=2)[..., 0]  # (B, L)
     np.testing.assert_allclose(metrics.goodness_pos, g_true.mean(axis=0), rtol=1e-5)
 
@@ -56,9 +67,10 @@ def test_vmapped_label_goodness_equals_a_loop(net):
     params = network.init_network(jax.random.key(2), spec)
     x, _ = _data(spec, n=4)
     g = inference.layer_goodness(params, x, spec)
+    forward = jax.jit(lambda p, a: network.forward(p, a, spec))  # one label at a time
     for c in range(C):
         xl = spec.encoding.embed(labels.to_float(x), jnp.full((4,), c))
-        for i, h in enumerate(network.forward(params, xl, spec)):
+        for i, h in enumerate(forward(params, xl)):
             np.testing.assert_allclose(g[:, i, c], jnp.sum(h ** 2, axis=(1, 2, 3))
                                        if h.ndim == 4 else jnp.sum(h ** 2, -1), rtol=1e-5)
 
@@ -212,16 +224,13 @@ def test_class_group_objective_is_local_and_reads_the_class_off_one_pass():
     params = network.init_network(jax.random.key(0), spec)
     x, y = _data(spec, n=6)
     xf = labels.to_float(x)
-    for k in range(spec.num_layers):
-        grads = jax.grad(lambda p: epoch.local_losses(p, xf, xf[:0], spec, y=y)[0][k])(params)
-        for j, g in enumerate(grads):
-            total = sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(g))
-            assert (total > 0) == (j == k), (k, j)
-    g = inference.layer_goodness(params, x, spec)  # (B, L, C) from one pass
-    h = network.forward(params, xf, spec)[0]  # (B, 6, 6, 6): channels 2c, 2c+1 are class c
+    _assert_local(lambda p: epoch.local_losses(p, xf, xf[:0], spec, y=y)[0], params)
+    g, h, (_, metrics, _) = jax.jit(lambda p: (  # (B, L, C) from one pass
+        inference.layer_goodness(p, x, spec),
+        network.forward(p, xf, spec)[0],  # (B, 6, 6, 6): channels 2c, 2c+1 are class c
+        epoch.local_losses(p, xf, xf[:0], spec, y=y)))(params)
     np.testing.assert_allclose(g[:, 0, 1], jnp.mean(h[..., 2:4] ** 2, axis=(1, 2, 3)),
                                rtol=1e-5)
-    _, metrics, _ = epoch.local_losses(params, xf, xf[:0], spec, y=y)
     np.testing.assert_allclose(metrics.acc_pos, jnp.mean(
         jnp.argmax(g, -1) == y[:, None], axis=0), rtol=1e-6)
 
@@ -272,11 +281,7 @@ def test_per_location_goodness_scores_each_location():
     whole = dataclasses.replace(spec, goodness_scope="layer")
     np.testing.assert_allclose(objs[1], epoch.local_losses(params, x_pos, x_neg, whole)[0][1],
                                rtol=1e-5)
-    for k in range(2):
-        grads = jax.grad(lambda p: epoch.local_losses(p, x_pos, x_neg, spec)[0][k])(params)
-        for j, g in enumerate(grads):
-            total = sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(g))
-            assert (total > 0) == (j == k)
+    _assert_local(lambda p: epoch.local_losses(p, x_pos, x_neg, spec)[0], params)
     with pytest.raises(ValueError, match="goodness_scope='location' scores every location"):
         dataclasses.replace(spec, objective="collaborative")
     with pytest.raises(ValueError, match="goodness_scope='pixel'"):
@@ -291,15 +296,13 @@ def test_a_conv_run_resumed_from_its_checkpoint_ends_bit_identical(tmp_path):
                   num_classes=C)
     x, y = _data(spec, n=40)
     common = dict(epochs=3, batch_size=10)
-    whole = driver.fit(jax.random.key(0), x, y, spec, **common)
     ckpts = checkpoint.Checkpoints(tmp_path)
 
-    def stop_after_two(report, state):
+    def save_after_two(report, state):  # the uninterrupted run's state after 2 epochs
         if report.epoch == 1:
             ckpts.save(2, state)
-            return True
 
-    driver.fit(jax.random.key(0), x, y, spec, on_epoch=stop_after_two, **common)
+    whole = driver.fit(jax.random.key(0), x, y, spec, on_epoch=save_after_two, **common)
     resumed = driver.fit(jax.random.key(0), x, y, spec, start_epoch=2,
                          resume_from=lambda like: ckpts.restore(2, like), **common)
     ckpts.close()

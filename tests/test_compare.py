@@ -28,7 +28,7 @@ def test_mlp_baseline_has_the_ff_architecture():
 def test_quick_compare_writes_record_table_and_plots(tmp_path, data_dir):
     argv = ["--quick", "--data-dir", str(data_dir), "--out-dir", str(tmp_path),
             "--epochs", "1", "--n-train", "1000", "--n-test", "500",
-            "--widths", "16", "--depths", "1", "--batches", "500", "--name", "q",
+            "--widths", "16", "--depths", "2", "--batches", "100", "--name", "q",
             "--hidden", "16", "16", "--repeats", "1", "--matmul-n", "128"]
     assert compare.main(argv) == 0
     record_path = tmp_path / "q.json"

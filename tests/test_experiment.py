@@ -98,13 +98,13 @@ def test_a_conv_network_from_the_command_line(data_dir, tmp_path):
     out = tmp_path / "conv"
     code, err = _entry("mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden",
                        "conv:4:3:s2:p2", "local:4:3:valid", 32, "--label-encoding",
-                       "channels", "--optimizer", "adam", "--lr", 0.001, "--train-size", 6000,
-                       "--out-dir", out)
+                       "channels", "--optimizer", "adam", "--lr", 0.001, "--train-size", 7000,
+                       "--validation-size", 1000, "--out-dir", out)
     assert code == 0, err[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["hidden"] == ["conv:4:3:s2:p2", "local:4:3:valid", 32]
-    assert len(results["test_accuracy_per_layer"]) == 3
-    assert results["test_accuracy_softmax"] > 0.5
+    assert len(results["validation_accuracy_per_layer"]) == 3
+    assert results["validation_accuracy_softmax"] > 0.5
 
 
 def test_cifar10_entry_point_on_a_tiny_archive(tmp_path):

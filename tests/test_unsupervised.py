@@ -178,7 +178,7 @@ def test_an_unsupervised_run_resumes_bit_identically(data_dir, tmp_path):
               "--checkpoint-every", "1"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*common, "--out-dir", str(whole)]) == 0
-    assert main([*common, "--out-dir", str(cut)]) == 0
+    shutil.copytree(whole, cut)
     shutil.rmtree(cut / "checkpoints" / "2")  # as if stopped after epoch 1
     (cut / "results.json").unlink()
     assert main(["--resume", str(cut)]) == 0
