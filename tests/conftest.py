@@ -28,6 +28,22 @@ _DEFAULT_DATA = REPO.parent / "shared" / "data"
 DATA_DIR = Path(os.environ.get("FFJAX_DATA_DIR") or _DEFAULT_DATA)
 
 
+def assert_gradients_are_local(losses, params) -> None:
+    """Layer k's loss (`losses(params)[k]`) sends a nonzero gradient to layer k's
+    parameters and an exactly zero one to every other layer's. Every layer's gradients
+    come from one compiled call (op-by-op conv gradients are slow to dispatch)."""
+    import jax.numpy as jnp
+    grads = jax.jit(lambda ps: [jax.grad(lambda p: losses(p)[k])(ps)
+                                for k in range(len(params))])(params)
+    for k, per_layer in enumerate(grads):
+        for j, g in enumerate(per_layer):
+            total = sum(float(jnp.abs(leaf).sum()) for leaf in jax.tree.leaves(g))
+            if j == k:
+                assert total > 0.0, f"layer {k} gets no gradient from its own loss"
+            else:
+                assert total == 0.0, f"layer {k}'s loss sends gradient to layer {j}"
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "mnist").is_dir():

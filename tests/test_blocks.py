@@ -14,6 +14,7 @@ import pytest
 from ffjax import (driver, encodings, epoch, inference, labels, layers, negatives, network,
                    optim, readout)
 from ffjax.spec import FFSpec
+from tests.conftest import assert_gradients_are_local
 
 IMG = (6, 6, 2)
 C = 3
@@ -28,17 +29,6 @@ NETS = {
 
 def _spec(net, **kw):
     return FFSpec(**NETS[net], num_classes=C, negatives="uniform", readout=False, **kw)
-
-
-def _assert_local(losses, params):
-    """Layer k's loss (losses(params)[k]) has a gradient in layer k's parameters and an
-    exactly zero one in every other layer's. All layers' gradients in one compiled call."""
-    grads = jax.jit(lambda p: [jax.grad(lambda q: losses(q)[k])(p)
-                               for k in range(len(params))])(params)
-    for k, per_layer in enumerate(grads):
-        for j, g in enumerate(per_layer):
-            total = sum(float(jnp.abs(a).sum()) for a in jax.tree.leaves(g))
-            assert (total > 0) == (j == k), (k, j)
 
 
 def _data(spec, n=24, seed=0):
@@ -224,7 +214,7 @@ def test_class_group_objective_is_local_and_reads_the_class_off_one_pass():
     params = network.init_network(jax.random.key(0), spec)
     x, y = _data(spec, n=6)
     xf = labels.to_float(x)
-    _assert_local(lambda p: epoch.local_losses(p, xf, xf[:0], spec, y=y)[0], params)
+    assert_gradients_are_local(lambda p: epoch.local_losses(p, xf, xf[:0], spec, y=y)[0], params)
     g, h, (_, metrics, _) = jax.jit(lambda p: (  # (B, L, C) from one pass
         inference.layer_goodness(p, x, spec),
         network.forward(p, xf, spec)[0],  # (B, 6, 6, 6): channels 2c, 2c+1 are class c
@@ -281,7 +271,7 @@ def test_per_location_goodness_scores_each_location():
     whole = dataclasses.replace(spec, goodness_scope="layer")
     np.testing.assert_allclose(objs[1], epoch.local_losses(params, x_pos, x_neg, whole)[0][1],
                                rtol=1e-5)
-    _assert_local(lambda p: epoch.local_losses(p, x_pos, x_neg, spec)[0], params)
+    assert_gradients_are_local(lambda p: epoch.local_losses(p, x_pos, x_neg, spec)[0], params)
     with pytest.raises(ValueError, match="goodness_scope='location' scores every location"):
         dataclasses.replace(spec, objective="collaborative")
     with pytest.raises(ValueError, match="goodness_scope='pixel'"):
