@@ -164,9 +164,10 @@ ROWS += [("unsupervised, round 2", label, [*UNSUP, *flags]) for label, flags in 
 # Round 3: no blurring at all (each pixel from either image at random).
 ROWS += [("unsupervised, round 3", "hybrid, blur 0",
           [*UNSUP, "--negatives", "hybrid", "--mask-blur-steps", "0"])]
-# Round 4, at the best blur (1): the readout's regularization, the layers' step and peer
-# normalization, which were validated for supervised FF only.
-ROWS += [("unsupervised, round 4", label, [*UNSUP, "--negatives", "hybrid", *flags])
+# Round 4, at the best blur (1, the default): the readout's regularization, the layers'
+# step and peer normalization, which were validated for supervised FF only.
+HYBRID = [*UNSUP, "--negatives", "hybrid"]
+ROWS += [("unsupervised, round 4", label, [*HYBRID, *flags])
          for label, flags in [
     ("readout weight decay 0.01", ["--readout-weight-decay", "0.01"]),
     ("readout weight decay 0.0003", ["--readout-weight-decay", "0.0003"]),
@@ -177,7 +178,7 @@ ROWS += [("unsupervised, round 4", label, [*UNSUP, "--negatives", "hybrid", *fla
 ]]
 # Round 5: the readout's step. Its training accuracy on 4 x 2000 stays below 99 %, so a
 # linear readout on 6000 features may be under-trained rather than over-fitted.
-ROWS += [("unsupervised, round 5", label, [*UNSUP, "--negatives", "hybrid", *flags])
+ROWS += [("unsupervised, round 5", label, [*HYBRID, *flags])
          for label, flags in [
     ("readout lr 0.3", ["--readout-lr", "0.3"]),
     ("readout lr 1", ["--readout-lr", "1"]),
