@@ -184,6 +184,33 @@ ROWS += [("unsupervised, round 5", label, [*HYBRID, *flags])
     ("readout lr 1", ["--readout-lr", "1"]),
 ]]
 
+# Fashion-MNIST unsupervised, on the MNIST screens' protocol (2 x 1000, 10 epochs, hybrid
+# negatives, no label): the blur chosen on MNIST, and the regularizers chosen for
+# supervised Fashion-MNIST (readout label smoothing 0.1, input noise 0.1).
+FASHION_UNSUP = [*HYBRID, "--dataset", "fashion_mnist"]
+ROWS += [("fashion, unsupervised", label, [*FASHION_UNSUP, *flags]) for label, flags in [
+    ("hybrid, blur 1", []),
+    ("hybrid, blur 1, readout label smoothing 0.1", SMOOTH),
+    ("hybrid, blur 1, readout label smoothing 0.1, input noise 0.1", CHOSEN),
+    ("hybrid, blur 3, readout label smoothing 0.1, input noise 0.1",
+     [*CHOSEN, "--mask-blur-steps", "3"]),
+    ("hybrid, blur 0, readout label smoothing 0.1, input noise 0.1",
+     [*CHOSEN, "--mask-blur-steps", "0"]),
+]]
+
+
+# Unsupervised FF with local receptive fields (locally connected layers, no weight
+# sharing), MNIST, 10 epochs, hybrid negatives (blur 1), no label, the reference update,
+# the softmax readout on all layers but the first: the layers' geometry.
+LOCAL_UNSUP = ["--epochs", "10", "--label-encoding", "none", "--negatives", "hybrid"]
+ROWS += [("unsupervised, local", label, ["--hidden", *hidden, *LOCAL_UNSUP])
+         for label, hidden in [
+    ("local:16:5:s2 local:16:3 local:16:3", ["local:16:5:s2", "local:16:3", "local:16:3"]),
+    ("local:32:5:s2 local:32:3 local:32:3", ["local:32:5:s2", "local:32:3", "local:32:3"]),
+    ("local:16:7:s2 local:16:5 local:16:5", ["local:16:7:s2", "local:16:5", "local:16:5"]),
+]]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
