@@ -203,11 +203,12 @@ ROWS += [("fashion, unsupervised", label, [*FASHION_UNSUP, *flags]) for label, f
 # sharing), MNIST, 10 epochs, hybrid negatives (blur 1), no label, the reference update,
 # the softmax readout on all layers but the first: the layers' geometry.
 LOCAL_UNSUP = ["--epochs", "10", "--label-encoding", "none", "--negatives", "hybrid"]
-ROWS += [("unsupervised, local", label, ["--hidden", *hidden, *LOCAL_UNSUP])
-         for label, hidden in [
-    ("local:16:5:s2 local:16:3 local:16:3", ["local:16:5:s2", "local:16:3", "local:16:3"]),
-    ("local:32:5:s2 local:32:3 local:32:3", ["local:32:5:s2", "local:32:3", "local:32:3"]),
-    ("local:16:7:s2 local:16:5 local:16:5", ["local:16:7:s2", "local:16:5", "local:16:5"]),
+# One question each, so each can be run alone (`--only "unsupervised local 16x3"`).
+ROWS += [(f"unsupervised local {name}", " ".join(hidden), ["--hidden", *hidden, *LOCAL_UNSUP])
+         for name, hidden in [
+    ("16x3", ["local:16:5:s2", "local:16:3", "local:16:3"]),
+    ("32x3", ["local:32:5:s2", "local:32:3", "local:32:3"]),
+    ("16x5", ["local:16:7:s2", "local:16:5", "local:16:5"]),
 ]]
 
 

@@ -187,6 +187,22 @@ class _Spatial:
     def fan_in(self, in_shape) -> int:
         return self.kernel * self.kernel * int(in_shape[-1])
 
+    def _patches(self, x):
+        """(B, H_out, W_out, C_in * k * k): every output location's input window, features
+        ordered (C_in, k, k) as lax.conv_general_dilated_patches orders them. Built from
+        k * k strided slices: on the CPU, inside the epoch's lax.scan, that is faster than
+        the patches op, which XLA runs as a convolution (docs/blocks.md)."""
+        k, s = self.kernel, self.stride
+        _, h, w, c = x.shape
+        (oh, ow) = (_window_out(d, k, s, self.padding) for d in (h, w))
+        if self.padding == "SAME":  # lax's SAME: the extra padding row or column at the end
+            pads = [max((o - 1) * s + k - d, 0) for o, d in ((oh, h), (ow, w))]
+            x = jnp.pad(x, ((0, 0), (pads[0] // 2, pads[0] - pads[0] // 2),
+                            (pads[1] // 2, pads[1] - pads[1] // 2), (0, 0)))
+        cols = [x[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :]
+                for i in range(k) for j in range(k)]
+        return jnp.stack(cols, axis=-1).reshape(x.shape[0], oh, ow, c * k * k)
+
     def _pool(self, z):
         if self.pool == 1:
             return z
@@ -216,8 +232,8 @@ class Conv(_Spatial):
     """A convolutional block (weights shared across locations), with flax.linen.Conv's
     parameters ({"kernel": (k, k, C_in, C_out), "bias": (C_out,)}) and results.
 
-    It is computed as image patches (lax.conv_general_dilated_patches) times the kernel
-    rather than as a convolution op: XLA's CPU convolutions run many times slower inside
+    It is computed as image patches (_Spatial._patches) times the kernel rather than as
+    a convolution op: XLA's CPU convolutions run many times slower inside
     lax.scan (the epoch loop) than outside it (docs/blocks.md), and FF never needs the
     gradient with respect to a block's input, so the patches are computed once per pass
     and the kernel's gradient is one matmul.
@@ -233,11 +249,8 @@ class Conv(_Spatial):
 
     def apply(self, params, x):
         k, c_in = self.kernel, x.shape[-1]
-        patches = jax.lax.conv_general_dilated_patches(
-            x, (k, k), (self.stride, self.stride), self.padding,
-            dimension_numbers=("NHWC", "OIHW", "NHWC"))  # features ordered (C_in, k, k)
         w = jnp.transpose(params["kernel"], (2, 0, 1, 3)).reshape(c_in * k * k, -1)
-        return self._pool(patches @ w + params["bias"])
+        return self._pool(self._patches(x) @ w + params["bias"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +267,12 @@ class Local(_Spatial):
         return nn.ConvLocal(self.channels, (self.kernel, self.kernel),
                             strides=(self.stride, self.stride), padding=self.padding,
                             kernel_init=_fan_in_normal(batch_axis=(0, 1)))
+
+    def apply(self, params, x):
+        # flax's ConvLocal result (kernel (H_out, W_out, C_in * k * k, C_out), bias
+        # (H_out, W_out, C_out)), computed from the same patches as Conv.
+        z = jnp.einsum("bhwi,hwio->bhwo", self._patches(x), params["kernel"])
+        return self._pool(z + params["bias"])
 
 
 def from_flax(module, *, in_rank: int | None = None) -> Block:

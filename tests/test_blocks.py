@@ -86,6 +86,23 @@ def test_conv_and_local_blocks_are_flax_conv_and_conv_local_after_normalizing():
     assert abs(float(jnp.var(big)) * 18 - 1.0) < 0.05
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, "SAME"), (3, 2, "SAME"),
+                                                   (4, 3, "SAME"), (5, 1, "SAME"),
+                                                   (2, 1, "VALID"), (3, 3, "VALID")])
+def test_conv_and_local_patches_match_flax_for_every_geometry(kernel, stride, padding):
+    # The blocks build their patches from strided slices; flax's modules are the reference,
+    # including SAME's uneven padding (even kernels, strides that do not divide the size).
+    x = jax.random.normal(jax.random.key(7), (2, 7, 6, 3))
+    for block, module in [
+            (layers.Conv(4, kernel, stride, padding), nn.Conv(4, (kernel,) * 2, stride,
+                                                             padding=padding)),
+            (layers.Local(2, kernel, stride, padding), nn.ConvLocal(2, (kernel,) * 2, stride,
+                                                                   padding=padding))]:
+        p = module.init(jax.random.key(8), x)["params"]
+        np.testing.assert_allclose(block.apply(p, x), module.apply({"params": p}, x),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_a_flax_module_of_ones_own_is_a_block():
     class TwoConvs(nn.Module):  # any module: here a conv with a 1x1 conv after it
         @nn.compact
