@@ -190,8 +190,9 @@ class _Spatial:
     def _patches(self, x):
         """(B, H_out, W_out, C_in * k * k): every output location's input window, features
         ordered (C_in, k, k) as lax.conv_general_dilated_patches orders them. Built from
-        k * k strided slices: on the CPU, inside the epoch's lax.scan, that is faster than
-        the patches op, which XLA runs as a convolution (docs/blocks.md)."""
+        k * k strided slices rather than with that op, which XLA runs as a convolution:
+        inside the epoch's lax.scan on the CPU the slices were the faster of the two for
+        conv layers (docs/blocks.md)."""
         k, s = self.kernel, self.stride
         _, h, w, c = x.shape
         (oh, ow) = (_window_out(d, k, s, self.padding) for d in (h, w))

@@ -89,7 +89,7 @@ def test_conv_and_local_blocks_are_flax_conv_and_conv_local_after_normalizing():
 @pytest.mark.parametrize("kernel,stride,padding", [(2, 2, "SAME"), (3, 2, "SAME"),
                                                    (4, 3, "SAME"), (5, 1, "SAME"),
                                                    (2, 1, "VALID"), (3, 3, "VALID")])
-def test_conv_and_local_patches_match_flax_for_every_geometry(kernel, stride, padding):
+def test_conv_and_local_patches_match_flax_across_geometries(kernel, stride, padding):
     # The blocks build their patches from strided slices; flax's modules are the reference,
     # including SAME's uneven padding (even kernels, strides that do not divide the size).
     x = jax.random.normal(jax.random.key(7), (2, 7, 6, 3))
