@@ -211,6 +211,21 @@ ROWS += [(f"unsupervised local {name}", " ".join(hidden), ["--hidden", *hidden, 
     ("16x5", ["local:16:7:s2", "local:16:5", "local:16:5"]),
 ]]
 
+# The paper's local geometry, as its text gives it: a 4 x 4 grid of 10 x 10 receptive
+# fields at stride 6 with 128 channels; a 3 x 3 grid with 220 channels, each location
+# reading every channel of 2 x 2 adjacent locations below; a 2 x 2 grid with 512 channels
+# (about 2000 units per layer). MNIST as above; Fashion-MNIST at its fully connected
+# screens' choice (no blurring, readout label smoothing and input noise 0.1) and at blur 1.
+PAPER_LOCAL = ["local:128:10:s6:valid", "local:220:2:valid", "local:512:2:valid"]
+ROWS += [("unsupervised local paper geometry", " ".join(PAPER_LOCAL),
+          ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP])]
+ROWS += [("fashion, unsupervised local paper geometry", f"{' '.join(PAPER_LOCAL)}, {label}",
+          ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP, "--dataset", "fashion_mnist", *CHOSEN,
+           *flags]) for label, flags in [
+    ("blur 0", ["--mask-blur-steps", "0"]),
+    ("blur 1", ["--mask-blur-steps", "1"]),
+]]
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
