@@ -152,7 +152,9 @@ class Config:
     preset: typing.Optional[str] = _field(
         None, "start from a named set of settings (flags given explicitly still win): "
               "hinton = the reference recipe of the author's code; hinton-unsupervised = "
-              "its unsupervised FF (hybrid negatives, no label); mnist-conv = three "
+              "its unsupervised FF (hybrid negatives, no label), 4 x 2000; "
+              "hinton-unsupervised-local = the same with the paper's local receptive "
+              "fields (three locally connected layers); mnist-conv = three "
               "conv layers with class-group competition; cifar10-conv = a conv network "
               "for CIFAR-10 (unmeasured)")
 
@@ -199,6 +201,13 @@ PRESETS = {
 # prediction; 4 x 2000 for 100 epochs with the reference update otherwise.
 PRESETS["hinton-unsupervised"] = dict(PRESETS["hinton"], hidden=(2000, 2000, 2000, 2000),
                                       label_encoding="none", negatives="hybrid")
+# The same with local receptive fields (no weight sharing), in the geometry the paper's
+# text gives: a 4 x 4 grid of 10 x 10 fields at stride 6 with 128 channels; a 3 x 3 grid
+# with 220 channels, each location reading all channels of 2 x 2 adjacent locations
+# below; a 2 x 2 grid with 512 channels (about 2000 units per layer).
+PRESETS["hinton-unsupervised-local"] = dict(
+    PRESETS["hinton-unsupervised"],
+    hidden=("local:128:10:s6:valid", "local:220:2:valid", "local:512:2:valid"))
 
 
 class UsageError(ValueError):

@@ -184,3 +184,18 @@ def test_an_unsupervised_run_resumes_bit_identically(data_dir, tmp_path):
     assert a["test_accuracy"] == b["test_accuracy"]
     assert a["test_accuracy_per_layer"] == b["test_accuracy_per_layer"]
     assert len(a["test_accuracy_per_layer"]) == 2 and a["prediction"] == "softmax"
+
+
+def test_the_local_preset_has_the_papers_geometry():
+    """--preset hinton-unsupervised-local: the paper's unsupervised FF with its local
+    receptive fields; 4x4, 3x3 and 2x2 grids of about 2000 units each, no label."""
+    from ffjax import config, data
+    cfg = config.parse_config(["--preset", "hinton-unsupervised-local"], config.Config())
+    assert (cfg.label_encoding, cfg.negatives, cfg.epochs) == ("none", "hybrid", 100)
+    spec = config.spec_of(cfg, 10, data.IMAGE_SHAPES["mnist"])
+    shapes, shape = [], spec.input_shape
+    for block in spec.blocks:
+        shape = block.out_shape(shape)
+        shapes.append(tuple(shape))
+    assert shapes == [(4, 4, 128), (3, 3, 220), (2, 2, 512)]
+    assert not spec.goodness_readout_applies and spec.readout_layer_ids == (1, 2)
