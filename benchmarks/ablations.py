@@ -226,6 +226,16 @@ ROWS += [("fashion, unsupervised local paper geometry", f"{' '.join(PAPER_LOCAL)
     ("blur 1", ["--mask-blur-steps", "1"]),
 ]]
 
+# Conv, round 3 (10 epochs): the class-group conv preset on Fashion-MNIST, and the paper's
+# local geometry with weight sharing (conv), unsupervised as its local rows above.
+PAPER_CONV = [h.replace("local:", "conv:") for h in PAPER_LOCAL]
+ROWS += [("conv, round 3", label, flags) for label, flags in [
+    ("mnist-conv preset on Fashion-MNIST, 10 epochs",
+     ["--preset", "mnist-conv", "--dataset", "fashion_mnist", "--epochs", "10"]),
+    (f"{' '.join(PAPER_CONV)}, hybrid negatives, no label, 10 epochs",
+     ["--hidden", *PAPER_CONV, *LOCAL_UNSUP]),
+]]
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
