@@ -51,3 +51,24 @@ def test_the_quick_start_is_the_recorded_run():
     assert f"**{100 * rec['test_accuracy']:.2f} % test accuracy**" in readme
     assert rec["test_accuracy"] >= 0.98 and rec["train_seconds"] <= 90
     assert not rec["git_dirty"]
+
+
+def test_the_local_unsupervised_preset_is_the_recorded_run():
+    """The README's --preset hinton-unsupervised-local command names the settings of its
+    record, which was run with explicit flags (only the goodness readout's score layers,
+    unused without a label, and the preset's name differ)."""
+    import dataclasses
+    import json
+    from experiments import fashion_mnist
+    from ffjax import config
+    readme = (REPO / "README.md").read_text()
+    cmd = re.search(r"`python -m experiments\.fashion_mnist (--preset "
+                    r"hinton-unsupervised-local [^`]*)`", readme).group(1)
+    rec = json.loads((REPO / "benchmarks/results/runs/"
+                      "fashion-unsupervised-local-paper-100ep-seed0-results.json").read_text())
+    ignore = {"preset", "score_first_layer", "data_dir", "out_dir"}
+    named = dataclasses.asdict(config.parse_config(cmd.split(), fashion_mnist.DEFAULTS))
+    assert {k: v for k, v in named.items() if k not in ignore} == {
+        k: (tuple(v) if isinstance(v, list) else v)
+        for k, v in rec["config"].items() if k not in ignore}
+    assert f"accuracy **{100 * rec['test_accuracy']:.2f} %**" in readme
