@@ -236,6 +236,14 @@ ROWS += [("conv, round 3", label, flags) for label, flags in [
      ["--hidden", *PAPER_CONV, *LOCAL_UNSUP]),
 ]]
 
+# Conv, round 4 (10 epochs, MNIST): class-group competition (the mnist-conv preset's
+# objective and update) on the paper's local geometry, channels rounded to multiples of
+# the 10 classes, without and with weight sharing.
+PAPER_GROUPS = ["local:130:10:s6:valid", "local:220:2:valid", "local:510:2:valid"]
+ROWS += [("conv, round 4", f"{' '.join(hidden)}, class groups, 10 epochs",
+          ["--preset", "mnist-conv", "--hidden", *hidden, "--epochs", "10"])
+         for hidden in (PAPER_GROUPS, [h.replace("local:", "conv:") for h in PAPER_GROUPS])]
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
