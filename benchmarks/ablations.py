@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ffjax import record
+from ffjax import config, record
 
 # The defaults before the reference update became them (docs/recipe.md): every row that
 # measured them keeps them, so it regenerates the recorded figure.
@@ -211,12 +211,17 @@ ROWS += [(f"unsupervised local {name}", " ".join(hidden), ["--hidden", *hidden, 
     ("16x5", ["local:16:7:s2", "local:16:5", "local:16:5"]),
 ]]
 
-# The paper's local geometry, as its text gives it: a 4 x 4 grid of 10 x 10 receptive
-# fields at stride 6 with 128 channels; a 3 x 3 grid with 220 channels, each location
-# reading every channel of 2 x 2 adjacent locations below; a 2 x 2 grid with 512 channels
-# (about 2000 units per layer). MNIST as above; Fashion-MNIST at its fully connected
-# screens' choice (no blurring, readout label smoothing and input noise 0.1) and at blur 1.
-PAPER_LOCAL = ["local:128:10:s6:valid", "local:220:2:valid", "local:512:2:valid"]
+# The paper's local geometry (--preset hinton-unsupervised-local's layers). MNIST as
+# above; Fashion-MNIST at its fully connected screens' choice (no blurring, readout label
+# smoothing and input noise 0.1) and at blur 1.
+PAPER_LOCAL = list(config.PRESETS["hinton-unsupervised-local"]["hidden"])
+
+
+def _as_conv(hidden):
+    """The same layers with weight sharing: local:... blocks become conv:..."""
+    return [h.replace("local:", "conv:") for h in hidden]
+
+
 ROWS += [("unsupervised local paper geometry", " ".join(PAPER_LOCAL),
           ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP])]
 ROWS += [("fashion, unsupervised local paper geometry", f"{' '.join(PAPER_LOCAL)}, {label}",
@@ -228,7 +233,7 @@ ROWS += [("fashion, unsupervised local paper geometry", f"{' '.join(PAPER_LOCAL)
 
 # Conv, round 3 (10 epochs): the class-group conv preset on Fashion-MNIST, and the paper's
 # local geometry with weight sharing (conv), unsupervised as its local rows above.
-PAPER_CONV = [h.replace("local:", "conv:") for h in PAPER_LOCAL]
+PAPER_CONV = _as_conv(PAPER_LOCAL)
 ROWS += [("conv, round 3", label, flags) for label, flags in [
     ("mnist-conv preset on Fashion-MNIST, 10 epochs",
      ["--preset", "mnist-conv", "--dataset", "fashion_mnist", "--epochs", "10"]),
@@ -242,7 +247,7 @@ ROWS += [("conv, round 3", label, flags) for label, flags in [
 PAPER_GROUPS = ["local:130:10:s6:valid", "local:220:2:valid", "local:510:2:valid"]
 ROWS += [("conv, round 4", f"{' '.join(hidden)}, class groups, 10 epochs",
           ["--preset", "mnist-conv", "--hidden", *hidden, "--epochs", "10"])
-         for hidden in (PAPER_GROUPS, [h.replace("local:", "conv:") for h in PAPER_GROUPS])]
+         for hidden in (PAPER_GROUPS, _as_conv(PAPER_GROUPS))]
 
 
 def main(argv=None):

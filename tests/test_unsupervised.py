@@ -193,9 +193,5 @@ def test_the_local_preset_has_the_papers_geometry():
     cfg = config.parse_config(["--preset", "hinton-unsupervised-local"], config.Config())
     assert (cfg.label_encoding, cfg.negatives, cfg.epochs) == ("none", "hybrid", 100)
     spec = config.spec_of(cfg, 10, data.IMAGE_SHAPES["mnist"])
-    shapes, shape = [], spec.input_shape
-    for block in spec.blocks:
-        shape = block.out_shape(shape)
-        shapes.append(tuple(shape))
-    assert shapes == [(4, 4, 128), (3, 3, 220), (2, 2, 512)]
+    assert list(spec.layer_shapes) == [(4, 4, 128), (3, 3, 220), (2, 2, 512)]
     assert not spec.goodness_readout_applies and spec.readout_layer_ids == (1, 2)
