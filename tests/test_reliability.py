@@ -70,6 +70,11 @@ def _same_run(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+# The tests that compare against this run share one xdist worker (a group, with
+# --dist loadgroup in pyproject.toml), so the run is made once, not once per worker.
+UNINTERRUPTED = pytest.mark.xdist_group("uninterrupted-run")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "whole"
@@ -78,6 +83,7 @@ def uninterrupted(data_dir, tmp_path_factory):
     return out
 
 
+@UNINTERRUPTED
 def test_killed_run_with_a_corrupt_newest_checkpoint_resumes_exactly(data_dir, tmp_path,
                                                                      uninterrupted):
     out = tmp_path / "killed"
@@ -106,6 +112,7 @@ def test_killed_run_with_a_corrupt_newest_checkpoint_resumes_exactly(data_dir, t
     _same_run(uninterrupted, out)
 
 
+@UNINTERRUPTED
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(data_dir, tmp_path,
                                                                     uninterrupted, sig,
@@ -295,6 +302,7 @@ def test_unwritable_run_directory_is_one_line(data_dir, tmp_path):
     assert blocker.read_text() == "mine"
 
 
+@UNINTERRUPTED
 def test_time_limit_stops_with_a_checkpoint_and_resume_completes(data_dir, tmp_path,
                                                                   uninterrupted):
     out = tmp_path / "limited"
