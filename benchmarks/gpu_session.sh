@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU measurements still owed (issues 2-5), as few device calls as possible.
+# The GPU measurements still owed, as few device calls as possible.
 # Usage (through the device tool, with the datasets copied to .data/ and carried):
 #   bash benchmarks/gpu_session.sh perf "$OUT"       # ~5 min: epoch times, FF vs backprop, sweep
 #   bash benchmarks/gpu_session.sh accuracy "$OUT"   # ~9 min: the MNIST / Fashion-MNIST results
+#   bash benchmarks/gpu_session.sh conv "$OUT"       # <= 9 min: conv FF screens (issue 17)
 # Every record lands in $OUT (copy it into benchmarks/results/ afterwards).
 set -euo pipefail
 mode=${1:?perf or accuracy}
@@ -34,5 +35,16 @@ accuracy)
   python -m $m "${common[@]}" --hidden 1000 1000 1000 --epochs 30 \
       --validation-size 10000 --out-dir "$out/runs/mnist-3x1000-simultaneous-val"
   ;;
-*) echo "unknown mode $mode (perf or accuracy)" >&2; exit 2 ;;
+conv)
+  # The published channel-wise competitive geometry (--preset cifar10-conv, about 200 M
+  # multiply-adds per example, 20 min per epoch on 2 CPU cores) on the validation split
+  # of both datasets, one seed. --time-limit stops a run with a checkpoint, so a run cut
+  # short continues with --resume in the next session.
+  for ds in mnist fashion_mnist; do
+    python -m experiments.mnist --preset cifar10-conv --dataset $ds --data-dir "$data" \
+        --epochs 30 --validation-size 10000 --eval-every 5 --time-limit 4m \
+        --out-dir "$out/runs/$ds-cifar10-conv-30ep-val" || true
+  done
+  ;;
+*) echo "unknown mode $mode (perf, accuracy or conv)" >&2; exit 2 ;;
 esac
