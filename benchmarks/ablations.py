@@ -222,8 +222,8 @@ def _as_conv(hidden):
     return [h.replace("local:", "conv:") for h in hidden]
 
 
-ROWS += [("unsupervised local paper geometry", " ".join(PAPER_LOCAL),
-          ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP])]
+PAPER_UNSUP = ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP]
+ROWS += [("unsupervised local paper geometry", " ".join(PAPER_LOCAL), PAPER_UNSUP)]
 ROWS += [("fashion, unsupervised local paper geometry", f"{' '.join(PAPER_LOCAL)}, {label}",
           ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP, "--dataset", "fashion_mnist", *CHOSEN,
            *flags]) for label, flags in [
@@ -236,8 +236,7 @@ ROWS += [("fashion, unsupervised local paper geometry", f"{' '.join(PAPER_LOCAL)
 # are the negatives (blur), regularizers chosen for Fashion-MNIST (input noise, readout
 # label smoothing), peer normalization (the paper's local net used it) and which layers
 # the readout reads (layer 3's probe alone matched the readout on layers 2-3).
-ROWS += [("local paper, mnist round 2", label,
-          ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP, *flags])
+ROWS += [("local paper, mnist round 2", label, [*PAPER_UNSUP, *flags])
          for label, flags in [
     ("blur 0", ["--mask-blur-steps", "0"]),
     ("blur 2", ["--mask-blur-steps", "2"]),
@@ -249,8 +248,7 @@ ROWS += [("local paper, mnist round 2", label,
 
 # Round 3: input noise 0.1 was the one clear gain of round 2; with readout label smoothing
 # (together they are Fashion-MNIST's choice), and stronger.
-ROWS += [("local paper, mnist round 3", label,
-          ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP, *flags])
+ROWS += [("local paper, mnist round 3", label, [*PAPER_UNSUP, *flags])
          for label, flags in [
     ("input noise 0.1, readout label smoothing 0.1", CHOSEN),
     ("input noise 0.2", ["--input-noise", "0.2"]),
