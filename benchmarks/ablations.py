@@ -225,7 +225,7 @@ def _as_conv(hidden):
 PAPER_UNSUP = ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP]
 ROWS += [("unsupervised local paper geometry", " ".join(PAPER_LOCAL), PAPER_UNSUP)]
 ROWS += [("fashion, unsupervised local paper geometry", f"{' '.join(PAPER_LOCAL)}, {label}",
-          ["--hidden", *PAPER_LOCAL, *LOCAL_UNSUP, "--dataset", "fashion_mnist", *CHOSEN,
+          [*PAPER_UNSUP, "--dataset", "fashion_mnist", *CHOSEN,
            *flags]) for label, flags in [
     ("blur 0", ["--mask-blur-steps", "0"]),
     ("blur 1", ["--mask-blur-steps", "1"]),
