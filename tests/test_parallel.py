@@ -10,7 +10,9 @@ import textwrap
 
 from tests.conftest import REPO
 
-EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+# Added to the flags conftest set (which the subprocesses inherit).
+EIGHT = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+                      + " --xla_force_host_platform_device_count=8"}
 
 SCRIPT = textwrap.dedent("""
     import json, sys
