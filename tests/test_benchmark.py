@@ -35,3 +35,48 @@ def test_conv_compare_benchmark_writes_its_record(data_dir, tmp_path):
     assert rec["split"] == "validation" and rec["hidden"] == ["conv:4:3:s2:p2", "16"]
     assert rec["ff_over_bp_epoch_time"] > 0
     assert 0.5 < rec["bp"][0]["accuracy"] <= 1 and 0 < rec["ff"][0]["accuracy"] <= 1
+
+
+def test_refit_readout_reproduces_the_runs_own_readout_and_leaves_the_run_unchanged(
+        data_dir, tmp_path, capsys):
+    """The refit reads the features the run's own readout reads (its accuracy from them
+    is the run's recorded validation figure), trains a readout that learns, writes its
+    record, leaves the run directory byte-identical, and refuses runs it cannot score."""
+    import hashlib
+    from benchmarks import refit_readout
+    from experiments import mnist
+    from ffjax import experiment
+    run = tmp_path / "run"
+    assert experiment.main(mnist.DEFAULTS, "t", [
+        "--data-dir", str(data_dir), "--hidden", "32", "32", "--epochs", "1",
+        "--train-size", "3000", "--validation-size", "1000", "--out-dir", str(run)]) == 0
+
+    def digest():
+        return {p.relative_to(run): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = digest()
+    out = tmp_path / "refit.json"
+    assert refit_readout.main([str(run), "--layers", "0", "1", "--epochs", "2",
+                               "--out", str(out)]) == 0
+    assert digest() == before
+    rec = json.loads(out.read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert abs(rec["own_readout_validation_accuracy"]
+               - results["validation_accuracy_softmax"]) <= 1 / 1000
+    assert rec["refit"]["layers"] == [0, 1] and len(rec["validation_accuracy_per_epoch"]) == 2
+    assert rec["validation_accuracy"] > 0.7 and {"device", "jax_version"} <= set(rec)
+    # Refusals: one line each, nothing written.
+    capsys.readouterr()
+    assert refit_readout.main([str(run), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert refit_readout.main([str(run), "--layers", "2", "--out", str(tmp_path / "x")]) == 2
+    assert "the run has 2 layers" in capsys.readouterr().err
+    no_val = tmp_path / "no-val"
+    no_val.mkdir()
+    cfg = json.loads((run / "config.json").read_text())
+    (no_val / "config.json").write_text(json.dumps({**cfg, "validation_size": 0}))
+    assert refit_readout.main([str(no_val), "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "never on the test set" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

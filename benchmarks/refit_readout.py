@@ -1,0 +1,209 @@
+"""Refits a finished run's softmax readout on its frozen features, on the validation split:
+`python -m benchmarks.refit_readout RUN_DIR [--layers 1 2] [--weight-decay 0.01]`.
+
+It answers whether a run's prediction is limited by its readout or by its features: a
+zero-initialized linear softmax is trained, after the FF layers and apart from them, on
+the normalized activities of the chosen layers of the run's last checkpoint (the features
+the run's own readout reads), for --epochs passes over the run's training split, with SGD
+and momentum, its learning rate falling linearly to 0. Only runs that held out a
+validation split (--validation-size) are accepted, and only that split is scored: the
+test set is never read. The run directory is only read; the record goes to --out, by
+default benchmarks/results/<device>-<date>-refit-readout.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ffjax import checkpoint, config, data, driver, experiment, readout, record
+from ffjax.config import Config, UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Refit:
+    """How the readout is refitted (the command line's flags)."""
+    layers: tuple | None  # 0-based layers read; None: the run's own readout layers
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    label_smoothing: float
+    batch_size: int
+    seed: int
+
+
+def load_run(run_dir, data_dir=None):
+    """(cfg, spec, split, state, epoch): a single-model run's settings, its training and
+    validation split, and the state of its last checkpoint. The run directory is not
+    written to: the checkpoint is read from a temporary copy."""
+    run_dir = Path(run_dir)
+    saved = record.RunDir(run_dir).read_config()
+    known = {f.name for f in dataclasses.fields(Config)}
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
+                    if k in known})
+    cfg = dataclasses.replace(cfg, data_dir=data_dir or cfg.data_dir)
+    if not cfg.validation_size:
+        raise UsageError(f"{run_dir} held out no validation split (--validation-size): the "
+                         "refit is scored on that split only, never on the test set.")
+    if cfg.seeds and cfg.seeds > 1:
+        raise UsageError(f"{run_dir} trained {cfg.seeds} seeds in one program: refit runs "
+                         "of one model (--seeds 1).")
+    ds = data.load(cfg.dataset, cfg.data_dir)
+    spec = config.spec_of(cfg, ds.num_classes,
+                          data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)])
+    split = experiment.training_split(cfg, data.reshaped(ds, spec.input_shape))
+    epoch = None
+    if (run_dir / checkpoint.SUBDIR).is_dir():  # (the manager would create it)
+        ckpts = checkpoint.Checkpoints(run_dir)
+        try:
+            epoch = ckpts.latest_epoch()
+        finally:
+            ckpts.close()
+    if epoch is None:
+        raise UsageError(f"{run_dir} has no checkpoint to read the features from.")
+    # A freshly built program's state gives the checkpoint's structure, shapes and dtypes.
+    n = cfg.batch_size
+    like = driver.make_program(jax.random.key(0), split.x_fit[:n], split.y_fit[:n], spec,
+                               epochs=cfg.epochs, batch_size=n,
+                               optimizer=config.optimizer_of(cfg)).state
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(run_dir / checkpoint.SUBDIR / str(epoch),
+                        Path(tmp) / checkpoint.SUBDIR / str(epoch))
+        ckpts = checkpoint.Checkpoints(tmp)
+        try:
+            state = ckpts.restore(epoch, like)
+        finally:
+            ckpts.close()
+    return cfg, spec.for_input(split.x_fit.shape[1:]), split, state, epoch
+
+
+def layer_features(params, x, spec, *, chunk: int = 1000) -> list:
+    """Every layer's (N, F_i) normalized activities (readout.layer_features), in chunks."""
+    feats = jax.jit(lambda xb: readout.layer_features(params, xb, spec))
+    parts = [jax.device_get(feats(jnp.asarray(x[i:i + chunk])))
+             for i in range(0, len(x), chunk)]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _accuracy(rparams, x, y) -> float:
+    return float(np.mean(np.argmax(np.asarray(readout.logits(rparams, x)), 1) == y))
+
+
+def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classes: int):
+    """(readout parameters, validation accuracy after each epoch, final training
+    accuracy) of a linear softmax on the concatenated features of `how.layers`."""
+    x = jnp.asarray(np.concatenate([feats_fit[i] for i in how.layers], 1))
+    xv = np.concatenate([feats_val[i] for i in how.layers], 1)
+    y = jnp.asarray(y_fit)
+    steps = len(y_fit) // how.batch_size
+    opt = optax.chain(optax.add_decayed_weights(how.weight_decay),
+                      optax.sgd(optax.linear_schedule(how.lr, 0.0, how.epochs * steps),
+                                momentum=how.momentum))
+
+    def loss(p, xb, yb):
+        targets = optax.smooth_labels(jax.nn.one_hot(yb, num_classes), how.label_smoothing)
+        return jnp.mean(optax.softmax_cross_entropy(readout.logits(p, xb), targets))
+
+    @jax.jit
+    def one_epoch(p, opt_state, key):
+        order = jax.random.permutation(key, len(y_fit))[:steps * how.batch_size]
+
+        def step(carry, idx):
+            p, s = carry
+            updates, s = opt.update(jax.grad(loss)(p, x[idx], y[idx]), s, p)
+            return (optax.apply_updates(p, updates), s), None
+
+        return jax.lax.scan(step, (p, opt_state), order.reshape(steps, -1))[0]
+
+    p = readout.init_readout(x.shape[1], num_classes)
+    opt_state = opt.init(p)
+    curve = []
+    for key in jax.random.split(jax.random.key(how.seed), how.epochs):
+        p, opt_state = one_epoch(p, opt_state, key)
+        curve.append(_accuracy(p, xv, y_val))
+    return p, curve, _accuracy(p, np.asarray(x), y_fit)
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+    return parse
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="a finished run's directory (it is only read)")
+    p.add_argument("--data-dir", default=None, help="the data folder, if not the run's")
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="0-based layers to read (default: the run's readout layers)")
+    p.add_argument("--epochs", type=_positive(int), default=10)
+    p.add_argument("--lr", type=_positive(float), default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.003)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--batch-size", type=_positive(int), default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="the record's path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p.parse_args(argv)
+
+
+def run(args) -> dict:
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise UsageError(f"--out {args.out} exists; give another path or --overwrite.")
+    cfg, spec, split, state, epoch = load_run(args.run_dir, args.data_dir)
+    if state.readout is None:
+        raise UsageError(f"{args.run_dir} trained no softmax readout (--no-readout), so "
+                         "there are no readout layers to compare with.")
+    layers = tuple(args.layers) if args.layers else tuple(spec.readout_layer_ids)
+    bad = [i for i in layers if not 0 <= i < spec.num_layers]
+    if bad:
+        raise UsageError(f"--layers {' '.join(map(str, bad))}: the run has "
+                         f"{spec.num_layers} layers (0 to {spec.num_layers - 1}).")
+    if args.batch_size > len(split.y_fit):
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the training "
+                         f"split ({len(split.y_fit)} examples).")
+    how = Refit(layers, args.epochs, args.lr, args.momentum, args.weight_decay,
+                args.label_smoothing, args.batch_size, args.seed)
+    params = tuple(layer.params for layer in state.layers)
+    feats_fit = layer_features(params, split.x_fit, spec)
+    feats_val = layer_features(params, split.x_val, spec)
+    y_fit, y_val = np.asarray(split.y_fit), np.asarray(split.y_val)
+    own = _accuracy(state.readout.params, readout.select(feats_val, spec), y_val)
+    _, curve, train_acc = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
+    info = {"run_dir": str(args.run_dir), "checkpoint_epoch": epoch,
+            "run_config": dataclasses.asdict(cfg), "refit": dataclasses.asdict(how),
+            "own_readout_layers": list(spec.readout_layer_ids),
+            "own_readout_validation_accuracy": own,
+            "validation_accuracy": curve[-1], "validation_accuracy_per_epoch": curve,
+            "train_accuracy": train_acc}
+    print(f"validation accuracy: the run's own readout (layers "
+          f"{' '.join(map(str, spec.readout_layer_ids))}) {100 * own:.2f} %; refitted on "
+          f"layers {' '.join(map(str, layers))} {100 * curve[-1]:.2f} % (training "
+          f"{100 * train_acc:.2f} %)")
+    record.write_benchmark("refit_readout", info, args.out, suffix="refit-readout")
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _, code = experiment.guarded(lambda: run(args))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
