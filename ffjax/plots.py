@@ -85,7 +85,7 @@ def plot_predictions(x_NxD: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
     cols = int(math.ceil(math.sqrt(count)))
     rows = int(math.ceil(count / cols))
     # One image of all tiles on one axes, with the titles as text over it: a subplot per
-    # example made this plot cost ~1.5 s per run (the layout of 36 axes).
+    # example made this plot cost over a second per run (laying out 36 axes).
     h, w = x.shape[1:3]
     gap, head = max(1, w // 5), max(1, h // 3)  # white between tiles; room for a title
     sheet = np.ones((rows * (head + h) + gap, cols * (w + gap) + gap, 3))
