@@ -26,13 +26,13 @@ import numpy as np
 import optax
 
 from ffjax import checkpoint, config, data, driver, experiment, readout, record
-from ffjax.config import Config, UsageError
+from ffjax.config import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
 class Refit:
     """How the readout is refitted (the command line's flags)."""
-    layers: tuple | None  # 0-based layers read; None: the run's own readout layers
+    layers: tuple  # 0-based layers read
     epochs: int
     lr: float
     momentum: float
@@ -47,10 +47,7 @@ def load_run(run_dir, data_dir=None):
     validation split, and the state of its last checkpoint. The run directory is not
     written to: the checkpoint is read from a temporary copy."""
     run_dir = Path(run_dir)
-    saved = record.RunDir(run_dir).read_config()
-    known = {f.name for f in dataclasses.fields(Config)}
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
-                    if k in known})
+    cfg = config.saved_config(run_dir)
     cfg = dataclasses.replace(cfg, data_dir=data_dir or cfg.data_dir)
     if not cfg.validation_size:
         raise UsageError(f"{run_dir} held out no validation split (--validation-size): the "
@@ -100,8 +97,8 @@ def _accuracy(rparams, x, y) -> float:
 
 
 def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classes: int):
-    """(readout parameters, validation accuracy after each epoch, final training
-    accuracy) of a linear softmax on the concatenated features of `how.layers`."""
+    """(validation accuracy after each epoch, final training accuracy) of a linear
+    softmax on the concatenated features of `how.layers`."""
     x = jnp.asarray(np.concatenate([feats_fit[i] for i in how.layers], 1))
     xv = np.concatenate([feats_val[i] for i in how.layers], 1)
     y = jnp.asarray(y_fit)
@@ -131,7 +128,7 @@ def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classe
     for key in jax.random.split(jax.random.key(how.seed), how.epochs):
         p, opt_state = one_epoch(p, opt_state, key)
         curve.append(_accuracy(p, xv, y_val))
-    return p, curve, _accuracy(p, np.asarray(x), y_fit)
+    return curve, _accuracy(p, x, y_fit)
 
 
 def _positive(kind):
@@ -184,7 +181,7 @@ def run(args) -> dict:
     feats_val = layer_features(params, split.x_val, spec)
     y_fit, y_val = np.asarray(split.y_fit), np.asarray(split.y_val)
     own = _accuracy(state.readout.params, readout.select(feats_val, spec), y_val)
-    _, curve, train_acc = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
+    curve, train_acc = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
     info = {"run_dir": str(args.run_dir), "checkpoint_epoch": epoch,
             "run_config": dataclasses.asdict(cfg), "refit": dataclasses.asdict(how),
             "own_readout_layers": list(spec.readout_layer_ids),

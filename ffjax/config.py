@@ -270,6 +270,19 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def saved_config(run_dir) -> Config:
+    """The Config saved in run_dir/config.json (fields it does not know are skipped);
+    UsageError when there is none or it is not a readable ffjax config."""
+    saved = record.RunDir(run_dir).read_config()
+    try:
+        known = {f.name for f in dataclasses.fields(Config)}
+        return Config(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in saved.items() if k in known})
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--resume {run_dir}: its {record.CONFIG} is not a readable "
+                         f"ffjax config ({e}).") from None
+
+
 def _resumed_config(argv, run_dir: str, data_dir: str | None,
                     devices: int | None, time_limit: str | None = None) -> Config:
     """The Config saved in run_dir/config.json, to continue that run (with this job's
@@ -279,15 +292,7 @@ def _resumed_config(argv, run_dir: str, data_dir: str | None,
         raise UsageError(f"--resume continues a run with the settings saved in its "
                          f"config.json; drop {', '.join(given)} (only --data-dir, "
                          "--devices and --time-limit may change).")
-    saved = record.RunDir(run_dir).read_config()
-    try:
-        known = {f.name for f in dataclasses.fields(Config)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()
-                  if k in known}
-        cfg = Config(**values)
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"--resume {run_dir}: its {record.CONFIG} is not a readable "
-                         f"ffjax config ({e}).") from None
+    cfg = saved_config(run_dir)
     return dataclasses.replace(cfg, resume=str(run_dir), out_dir=str(run_dir),
                                data_dir=data_dir or cfg.data_dir, overwrite=False,
                                devices=devices if devices is not None else cfg.devices,
