@@ -56,7 +56,8 @@ def test_the_quick_start_is_the_recorded_run():
 @pytest.mark.parametrize("module, records", [
     ("fashion_mnist", ["fashion-unsupervised-local-paper-100ep-seed0"]),
     ("mnist", ["mnist-unsupervised-local-paper-noise-100ep-seed0",
-               "mnist-unsupervised-local-paper-noise-wide-100ep-seed0"]),
+               "mnist-unsupervised-local-paper-noise-wide-100ep-seed0",
+               "mnist-unsupervised-local-paper-noise-wide-100ep-seed1"]),
 ])
 def test_the_local_unsupervised_preset_is_the_recorded_run(module, records):
     """Each of the README's --preset hinton-unsupervised-local commands names the settings
