@@ -80,3 +80,18 @@ def test_refit_readout_reproduces_the_runs_own_readout_and_leaves_the_run_unchan
     err = capsys.readouterr().err
     assert "never on the test set" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_every_ablation_row_is_a_valid_command():
+    """Each row of benchmarks.ablations (the commands the docs give to regenerate their
+    validation tables) is accepted by the entry point's checks and builds its spec, so a
+    regeneration never stops on a row that no longer parses."""
+    from benchmarks import ablations
+    from experiments import mnist
+    from ffjax import config, data
+    for question, label, flags in ablations.ROWS:
+        cfg = config.parse_config([*flags, "--validation-size", "10000"], mnist.DEFAULTS)
+        config.check_config(cfg)
+        shape = data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)]
+        spec = config.spec_of(cfg, 10, shape)
+        assert len(spec.hidden) == len(cfg.hidden), (question, label)
