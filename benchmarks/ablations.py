@@ -298,7 +298,8 @@ ROWS += [("unsupervised, round 7", label, [*HYBRID, *flags]) for label, flags in
 # the learning rate falls, so these run three times as long. The logistic's temperature,
 # the layers' step and weight decay, and input noise (flat at 10 epochs, the local net's
 # one gain).
-ROWS += [("unsupervised, round 8", label, [*HYBRID, "--epochs", "30", *flags])
+HYBRID_30 = [*HYBRID, "--epochs", "30"]
+ROWS += [("unsupervised, round 8", label, [*HYBRID_30, *flags])
          for label, flags in [
     ("30 epochs", []),
     ("input noise 0.1, 30 epochs", NOISE),
@@ -309,7 +310,7 @@ ROWS += [("unsupervised, round 8", label, [*HYBRID, "--epochs", "30", *flags])
 
 # Round 9, the same protocol: a softer logistic (temperature 2) and a smaller step (lr
 # 0.005) were worse in round 8, so a sharper one, and twice the steps per epoch.
-ROWS += [("unsupervised, round 9", label, [*HYBRID, "--epochs", "30", *flags])
+ROWS += [("unsupervised, round 9", label, [*HYBRID_30, *flags])
          for label, flags in [
     ("temperature 0.5, 30 epochs", ["--temperature", "0.5"]),
     ("batch size 50, 30 epochs", ["--batch-size", "50"]),
