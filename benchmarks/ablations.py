@@ -335,6 +335,11 @@ ROWS += [("conv, round 4", f"{' '.join(hidden)}, class groups, 10 epochs",
          for hidden in (PAPER_GROUPS, _as_conv(PAPER_GROUPS))]
 
 
+def run_flags(flags):
+    """The entry point's flags for a row: every row is scored on the validation split."""
+    return [*flags, "--validation-size", "10000"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None)
@@ -347,8 +352,8 @@ def main(argv=None):
         for i, (question, label, flags) in enumerate(ROWS):
             if args.only and args.only not in question:
                 continue
-            cmd = [sys.executable, "-m", "experiments.mnist", *flags, "--validation-size",
-                   "10000", "--eval-every", "0", "--out-dir", f"{tmp}/{i}"]
+            cmd = [sys.executable, "-m", "experiments.mnist", *run_flags(flags),
+                   "--eval-every", "0", "--out-dir", f"{tmp}/{i}"]
             if args.data_dir:
                 cmd += ["--data-dir", args.data_dir]
             subprocess.run(cmd, check=True, capture_output=True)
@@ -359,8 +364,8 @@ def main(argv=None):
             print(f"| {question} | {label} | {100 * r['validation_accuracy']:.2f} % / {soft_s} "
                   f"| {r['seconds_per_epoch_median']:.1f} |", flush=True)
             records.append({"question": question, "setting": label,
-                            "command": "python -m experiments.mnist " + " ".join(flags)
-                            + " --validation-size 10000",
+                            "command": "python -m experiments.mnist "
+                            + " ".join(run_flags(flags)),
                             "validation_accuracy": r["validation_accuracy"],
                             "validation_accuracy_softmax": soft,
                             "validation_accuracy_by_score_layers":

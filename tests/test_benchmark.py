@@ -90,7 +90,7 @@ def test_every_ablation_row_is_a_valid_command():
     from experiments import mnist
     from ffjax import config, data
     for question, label, flags in ablations.ROWS:
-        cfg = config.parse_config([*flags, "--validation-size", "10000"], mnist.DEFAULTS)
+        cfg = config.parse_config(ablations.run_flags(flags), mnist.DEFAULTS)
         config.check_config(cfg)
         shape = data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)]
         spec = config.spec_of(cfg, 10, shape)
