@@ -316,6 +316,14 @@ ROWS += [("unsupervised, round 9", label, [*HYBRID_30, *flags])
     ("batch size 50, 30 epochs", ["--batch-size", "50"]),
 ]]
 
+# Round 10, the same protocol: validation rises mostly while the lr falls (the second
+# half), so the decay starts earlier: over the whole run, or after its first quarter.
+ROWS += [("unsupervised, round 10", label, [*HYBRID_30, *flags])
+         for label, flags in [
+    ("lr decay over the whole run, 30 epochs", ["--lr-decay-start", "0"]),
+    ("lr decay after the first quarter, 30 epochs", ["--lr-decay-start", "0.25"]),
+]]
+
 # Conv, round 3 (10 epochs): the class-group conv preset on Fashion-MNIST, and the paper's
 # local geometry with weight sharing (conv), unsupervised as its local rows above.
 PAPER_CONV = _as_conv(PAPER_LOCAL)

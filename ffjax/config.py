@@ -42,6 +42,9 @@ class Config:
                                        f"{', '.join(optim.OPTIMIZERS)}")
     lr_decay: bool = _field(_OPT.lr_decay, "constant lr for half the run, then linear "
                                            "decay to 0")
+    lr_decay_start: float = _field(
+        _OPT.lr_decay_start, "with --lr-decay, the share of the run before the lr starts to "
+                             "fall: 0.5 (the reference) the second half, 0 the whole run")
     lr_gain_per_epoch: bool = _field(
         _OPT.lr_gain_per_epoch, "with --lr-decay, set the decayed lr once per epoch (the "
                                 "reference code) rather than every minibatch")
@@ -169,7 +172,8 @@ class Config:
 PRESETS = {
     "hinton": dict(hidden=(1000, 1000, 1000), epochs=100, batch_size=100,
                    optimizer="smoothed_sgd", lr=0.01, lr_scaling="none", lr_decay=True,
-                   lr_gain_per_epoch=True, weight_decay=0.001, decoupled_weight_decay=True,
+                   lr_decay_start=0.5, lr_gain_per_epoch=True, weight_decay=0.001,
+                   decoupled_weight_decay=True,
                    theta=None, norm="rms_ref", label_strength=1.0, objective="logistic",
                    temperature=1.0, loss_scale=0.5, negatives="hard", peer_strength=0.03,
                    readout=True, readout_lr=0.1, readout_weight_decay=0.003,
@@ -485,6 +489,6 @@ def optimizer_of(cfg: Config) -> optim.OptimizerSpec:
     """The optimizer settings of `cfg`."""
     return optim.OptimizerSpec(
         name=cfg.optimizer, lr=cfg.lr, lr_scaling=cfg.lr_scaling, lr_decay=cfg.lr_decay,
-        lr_gain_per_epoch=cfg.lr_gain_per_epoch, weight_decay=cfg.weight_decay,
+        lr_decay_start=cfg.lr_decay_start, lr_gain_per_epoch=cfg.lr_gain_per_epoch, weight_decay=cfg.weight_decay,
         decoupled_weight_decay=cfg.decoupled_weight_decay, readout_lr=cfg.readout_lr,
         readout_weight_decay=cfg.readout_weight_decay, readout_bias=cfg.readout_bias)

@@ -14,31 +14,45 @@ LR_SCALINGS = ("fan_in", "none")
 REFERENCE_FAN_IN = 1000
 
 
-def lr_schedule(lr: float, total_steps: int | None, *, decay: bool = True):
-    """Constant lr for the first half of training, then linear decay to 0 (the reference
-    recipe's schedule). Without total_steps or with decay=False, a constant lr."""
+def check_decay_start(decay_start: float) -> float:
+    """The share of the run before the lr starts to fall: a number in [0, 1)."""
+    if not (math.isfinite(decay_start) and 0.0 <= decay_start < 1.0):
+        raise ValueError(f"lr_decay_start={decay_start} must be a share of the run in "
+                         "[0, 1): 0.5 (the reference) decays over the second half, 0 over "
+                         "the whole run; for a constant lr turn the decay off instead.")
+    return float(decay_start)
+
+
+def lr_schedule(lr: float, total_steps: int | None, *, decay: bool, decay_start: float):
+    """Constant lr for the first `decay_start` share of training, then linear decay to 0
+    (the reference recipe's schedule has decay_start 0.5). Without total_steps or with
+    decay=False, a constant lr."""
+    decay_start = check_decay_start(decay_start)
     if not decay or not total_steps:
         return lr
-    half = max(int(total_steps) // 2, 1)
-    return optax.join_schedules(
-        [optax.constant_schedule(lr),
-         optax.linear_schedule(lr, 0.0, max(int(total_steps) - half, 1))],
-        [half],
-    )
+    start = max(int(int(total_steps) * decay_start), 1 if decay_start else 0)
+    falling = optax.linear_schedule(lr, 0.0, max(int(total_steps) - start, 1))
+    if not start:
+        return falling
+    return optax.join_schedules([optax.constant_schedule(lr), falling], [start])
 
 
-def epoch_gain_schedule(lr: float, *, epochs: int, steps_per_epoch: int):
-    """The reference code's schedule, set once per epoch e = 1..E: lr while e <= E/2,
-    then lr * (1 + 2 (E - e)) / E (a staircase falling linearly towards 0; never below
-    0 if training runs past E)."""
+def epoch_gain_schedule(lr: float, *, epochs: int, steps_per_epoch: int,
+                        decay_start: float):
+    """The reference code's schedule, set once per epoch e = 1..E: lr while
+    e <= s E, then lr * (1 + 2 (E - e)) / (2 (1 - s) E) (a staircase falling linearly
+    towards 0; never below 0 if training runs past E), with s = decay_start (0.5 in the
+    reference: lr (1 + 2 (E - e)) / E over the second half)."""
     epochs, steps_per_epoch = int(epochs), int(steps_per_epoch)
+    decay_start = check_decay_start(decay_start)
     if epochs <= 0 or steps_per_epoch <= 0:
         raise ValueError(f"epochs={epochs} and steps_per_epoch={steps_per_epoch} must be "
                          "positive.")
+    span = 2.0 * epochs * (1.0 - decay_start)  # = E at the reference's s = 0.5, exactly
 
     def schedule(count):
         e = (count // steps_per_epoch + 1).astype(jnp.float32)
-        gain = jnp.where(e <= epochs / 2, 1.0, (1.0 + 2.0 * (epochs - e)) / epochs)
+        gain = jnp.where(e <= epochs * decay_start, 1.0, (1.0 + 2.0 * (epochs - e)) / span)
         return lr * jnp.maximum(gain, 0.0)
 
     return schedule
@@ -67,7 +81,7 @@ def vectors(params):
 
 
 def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = None,
-                   decay: bool = True, momentum: float = 0.9,
+                   decay: bool = True, decay_start: float = 0.5, momentum: float = 0.9,
                    weight_decay: float = 0.0, decoupled_decay: bool = False,
                    steps_per_epoch: int | None = None,
                    train_biases: bool = True) -> optax.GradientTransformation:
@@ -81,6 +95,8 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = N
       lr: peak learning rate.
       total_steps: minibatch steps of the whole run, for the decay schedule.
       decay: constant-then-linear-decay schedule (True) or constant lr.
+      decay_start: with decay, the share of the run before the lr starts to fall (0.5:
+        the reference's second half; 0: the whole run).
       momentum: SGD momentum / smoothing factor.
       weight_decay: weight decay. For the SGDs it is added to the gradient before the
         smoothing (coupled) unless decoupled_decay; Adam's is always decoupled (AdamW).
@@ -99,9 +115,10 @@ def make_optimizer(name: str = "adam", *, lr: float, total_steps: int | None = N
         raise ValueError(f"lr={lr} must be positive.")
     if decay and steps_per_epoch and total_steps:
         schedule = epoch_gain_schedule(lr, epochs=int(total_steps) // int(steps_per_epoch),
-                                       steps_per_epoch=steps_per_epoch)
+                                       steps_per_epoch=steps_per_epoch,
+                                       decay_start=decay_start)
     else:
-        schedule = lr_schedule(lr, total_steps, decay=decay)
+        schedule = lr_schedule(lr, total_steps, decay=decay, decay_start=decay_start)
     frozen = [] if train_biases else [optax.masked(optax.set_to_zero(), vectors)]
     if name == "adam":
         mask = matrices if decoupled_decay else None
@@ -163,6 +180,8 @@ class OptimizerSpec:
       lr: peak learning rate (with lr_scaling="fan_in": of a layer with 1000 inputs).
       lr_scaling: "none", or "fan_in" (lr * 1000 / fan-in per layer; for Adam).
       lr_decay: constant for half the run, then linear decay to 0; else constant.
+      lr_decay_start: with lr_decay, the share of the run before the decay begins (0.5,
+        the reference: the second half; 0: the whole run).
       lr_gain_per_epoch: set the decayed lr once per epoch (the reference code).
       momentum: smoothing / momentum factor.
       weight_decay: the layers' weight decay.
@@ -175,6 +194,7 @@ class OptimizerSpec:
     lr: float = 0.01
     lr_scaling: str = "none"
     lr_decay: bool = True
+    lr_decay_start: float = 0.5
     lr_gain_per_epoch: bool = True
     momentum: float = 0.9
     weight_decay: float = 0.001
@@ -197,9 +217,11 @@ class OptimizerSpec:
             if not (v > 0 if name.endswith("lr") else v >= 0):
                 raise ValueError(f"{name}={v} must be "
                                  f"{'positive' if name.endswith('lr') else '>= 0'}.")
+        check_decay_start(self.lr_decay_start)
 
     def _shared(self, steps_per_epoch: int) -> dict:
-        return dict(decay=self.lr_decay, momentum=self.momentum,
+        return dict(decay=self.lr_decay, decay_start=self.lr_decay_start,
+                    momentum=self.momentum,
                     decoupled_decay=self.decoupled_weight_decay,
                     steps_per_epoch=steps_per_epoch if self.lr_gain_per_epoch else None)
 

@@ -162,6 +162,7 @@ def test_hinton_preset_is_the_reference_recipe():
     assert cfg.decoupled_weight_decay and not cfg.readout_bias
     assert (cfg.readout_lr, cfg.readout_weight_decay) == (0.1, 0.003)
     assert cfg.lr_decay and cfg.lr_gain_per_epoch and cfg.lr_scaling == "none"
+    assert cfg.lr_decay_start == 0.5
     assert cfg.readout_layers is None  # the readout skips layer 1, and so does scoring:
     assert config.score_layers(cfg) == (1, 2)
     assert epoch.PEER_INIT == 0.5
@@ -185,6 +186,37 @@ def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
         u, st = opt.update(jnp.ones(2), st, p)
         steps.append(float(u[0]))
     np.testing.assert_allclose(steps, [-0.01, -0.019, -0.0271], rtol=1e-5)
+
+
+def test_lr_schedules_start_their_decay_where_told():
+    """The reference staircase (lr while e <= E/2, then lr (1 + 2 (E - e)) / E) is the
+    decay_start=0.5 case, bit for bit; an earlier start falls over more epochs, on the
+    same line through 0 at e = E + 1/2; the per-step schedule agrees at epoch ends."""
+    from ffjax import optim
+    E, spe, lr = 10, 3, 0.01
+    steps = jnp.arange(E * spe)
+    e = (steps // spe + 1).astype(jnp.float32)
+    reference = lr * jnp.where(e <= E / 2, 1.0, (1.0 + 2.0 * (E - e)) / E)
+    half = jax.vmap(optim.epoch_gain_schedule(lr, epochs=E, steps_per_epoch=spe,
+                                               decay_start=0.5))(steps)
+    np.testing.assert_array_equal(half, reference)
+    whole = jax.vmap(optim.epoch_gain_schedule(lr, epochs=E, steps_per_epoch=spe,
+                                                decay_start=0.0))(steps)
+    np.testing.assert_allclose(whole, lr * (1.0 + 2.0 * (E - e)) / (2.0 * E), rtol=1e-6)
+    quarter = jax.vmap(optim.epoch_gain_schedule(lr, epochs=E, steps_per_epoch=spe,
+                                                  decay_start=0.3))(steps)
+    np.testing.assert_allclose(quarter, jnp.where(e <= 3, lr, lr * (1 + 2 * (E - e)) / 14),
+                               rtol=1e-6)
+    per_step = optim.lr_schedule(lr, 100, decay=True, decay_start=0.0)
+    np.testing.assert_allclose([per_step(0), per_step(50), per_step(100)], [lr, lr / 2, 0],
+                               atol=1e-9)
+    per_step = optim.lr_schedule(lr, 100, decay=True, decay_start=0.25)
+    np.testing.assert_allclose([per_step(20), per_step(25), per_step(100)], [lr, lr, 0],
+                               atol=1e-9)
+    assert optim.lr_schedule(lr, 100, decay=False, decay_start=0.0) == lr
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="lr_decay_start"):
+            optim.OptimizerSpec(lr_decay_start=bad)
 
 
 def test_greedy_schedule_trains_one_layer_per_phase():
