@@ -342,6 +342,18 @@ ROWS += [("conv, round 4", f"{' '.join(hidden)}, class groups, 10 epochs",
           ["--preset", "mnist-conv", "--hidden", *hidden, "--epochs", "10"])
          for hidden in (PAPER_GROUPS, _as_conv(PAPER_GROUPS))]
 
+# Conv, round 5 (20 epochs, MNIST): the local class-group network's training loss reached 0
+# by epoch 30 while validation stalled, so the two regularizers at hand: input noise (the
+# unsupervised local network's one gain) and Adam's decoupled weight decay.
+LOCAL_GROUPS_20 = ["--preset", "mnist-conv", "--hidden", *PAPER_GROUPS, "--epochs", "20"]
+ROWS += [("conv, round 5", f"local class groups, {label}, 20 epochs", [*LOCAL_GROUPS_20, *flags])
+         for label, flags in [
+    ("the preset's update", []),
+    ("input noise 0.1", ["--input-noise", "0.1"]),
+    ("input noise 0.3", ["--input-noise", "0.3"]),
+    ("weight decay 0.05", ["--weight-decay", "0.05"]),
+]]
+
 
 def run_flags(flags):
     """The entry point's flags for a row: every row is scored on the validation split."""
