@@ -489,6 +489,7 @@ def optimizer_of(cfg: Config) -> optim.OptimizerSpec:
     """The optimizer settings of `cfg`."""
     return optim.OptimizerSpec(
         name=cfg.optimizer, lr=cfg.lr, lr_scaling=cfg.lr_scaling, lr_decay=cfg.lr_decay,
-        lr_decay_start=cfg.lr_decay_start, lr_gain_per_epoch=cfg.lr_gain_per_epoch, weight_decay=cfg.weight_decay,
-        decoupled_weight_decay=cfg.decoupled_weight_decay, readout_lr=cfg.readout_lr,
-        readout_weight_decay=cfg.readout_weight_decay, readout_bias=cfg.readout_bias)
+        lr_decay_start=cfg.lr_decay_start, lr_gain_per_epoch=cfg.lr_gain_per_epoch,
+        weight_decay=cfg.weight_decay, decoupled_weight_decay=cfg.decoupled_weight_decay,
+        readout_lr=cfg.readout_lr, readout_weight_decay=cfg.readout_weight_decay,
+        readout_bias=cfg.readout_bias)

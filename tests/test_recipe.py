@@ -190,8 +190,9 @@ def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
 
 def test_lr_schedules_start_their_decay_where_told():
     """The reference staircase (lr while e <= E/2, then lr (1 + 2 (E - e)) / E) is the
-    decay_start=0.5 case, bit for bit; an earlier start falls over more epochs, on the
-    same line through 0 at e = E + 1/2; the per-step schedule agrees at epoch ends."""
+    decay_start=0.5 case, bit for bit; an earlier start falls over more epochs, towards 0
+    at e = E + 1/2; the per-step schedule holds lr until its start, then falls linearly
+    to 0 at the last step; a start outside [0, 1) is refused."""
     from ffjax import optim
     E, spe, lr = 10, 3, 0.01
     steps = jnp.arange(E * spe)
@@ -203,9 +204,9 @@ def test_lr_schedules_start_their_decay_where_told():
     whole = jax.vmap(optim.epoch_gain_schedule(lr, epochs=E, steps_per_epoch=spe,
                                                 decay_start=0.0))(steps)
     np.testing.assert_allclose(whole, lr * (1.0 + 2.0 * (E - e)) / (2.0 * E), rtol=1e-6)
-    quarter = jax.vmap(optim.epoch_gain_schedule(lr, epochs=E, steps_per_epoch=spe,
-                                                  decay_start=0.3))(steps)
-    np.testing.assert_allclose(quarter, jnp.where(e <= 3, lr, lr * (1 + 2 * (E - e)) / 14),
+    later = jax.vmap(optim.epoch_gain_schedule(lr, epochs=E, steps_per_epoch=spe,
+                                                decay_start=0.3))(steps)
+    np.testing.assert_allclose(later, jnp.where(e <= 3, lr, lr * (1 + 2 * (E - e)) / 14),
                                rtol=1e-6)
     per_step = optim.lr_schedule(lr, 100, decay=True, decay_start=0.0)
     np.testing.assert_allclose([per_step(0), per_step(50), per_step(100)], [lr, lr / 2, 0],
