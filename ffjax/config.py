@@ -274,14 +274,21 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def config_from_dict(saved: dict) -> Config:
+    """The Config of a saved settings dict (a run's config.json, or a record's "config"):
+    fields it does not know are skipped, and a field added after it was saved takes its
+    default, which keeps the behaviour the run had (JSON lists become tuples)."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: tuple(v) if isinstance(v, list) else v
+                     for k, v in saved.items() if k in known})
+
+
 def saved_config(run_dir) -> Config:
-    """The Config saved in run_dir/config.json (fields it does not know are skipped);
-    UsageError when there is none or it is not a readable ffjax config."""
+    """The Config saved in run_dir/config.json (config_from_dict); UsageError when there
+    is none or it is not a readable ffjax config."""
     saved = record.RunDir(run_dir).read_config()
     try:
-        known = {f.name for f in dataclasses.fields(Config)}
-        return Config(**{k: tuple(v) if isinstance(v, list) else v
-                         for k, v in saved.items() if k in known})
+        return config_from_dict(saved)
     except (ValueError, TypeError) as e:
         raise UsageError(f"--resume {run_dir}: its {record.CONFIG} is not a readable "
                          f"ffjax config ({e}).") from None

@@ -78,12 +78,9 @@ def test_the_local_unsupervised_preset_is_the_recorded_run(module, records):
     recs = [json.loads((REPO / f"benchmarks/results/runs/{r}-results.json").read_text())
             for r in records]
     ignore = {"preset", "score_first_layer", "data_dir", "out_dir"}
-    # A setting added after a record was made takes its default, which keeps the
-    # behaviour the record ran with (as --resume reads an older run's config).
-    known = {f.name for f in dataclasses.fields(config.Config)}
-    recorded = [{k: v for k, v in dataclasses.asdict(config.Config(**{
-                     k: (tuple(v) if isinstance(v, list) else v)
-                     for k, v in rec["config"].items() if k in known})).items()
+    # A setting added after a record was made takes its default, as --resume reads it.
+    recorded = [{k: v for k, v in
+                 dataclasses.asdict(config.config_from_dict(rec["config"])).items()
                  if k not in ignore} for rec in recs]
     for cmd in cmds:
         cmd = re.sub(r" \[[^]]*\]", "", cmd)  # optional parts, e.g. [--seed 1]
