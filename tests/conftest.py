@@ -1,6 +1,7 @@
 """Shared test setup: key-reuse checking on, the shared data folder, small helpers."""
 
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
@@ -51,6 +52,29 @@ def assert_gradients_are_local(losses, params) -> None:
                 assert total > 0.0, f"layer {k} gets no gradient from its own loss"
             else:
                 assert total == 0.0, f"layer {k}'s loss sends gradient to layer {j}"
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `build(folder)` fills, built once per test session however many
+    pytest-xdist workers ask for it: the first to ask builds it under a lock in the
+    workers' shared temporary folder, the others wait and reuse it. (xdist's loadgroup,
+    which would keep such tests on one worker, silently stopped grouping under pytest 9.2:
+    pytest-xdist issue #1386.) A failed build leaves nothing behind, so the next worker to
+    ask builds it again and fails with its own message."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of one session
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                build(folder)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return folder
 
 
 @pytest.fixture(scope="session")

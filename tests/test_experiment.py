@@ -70,10 +70,9 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
     assert 0.85 < results["test_accuracy_softmax"] <= 1  # default: readout trained too
     assert json.loads((out / "config.json").read_text())["epochs"] == 3
 
-    again = _run("experiments.mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden", 8,
-                 "--out-dir", out)
-    assert again.returncode == 2
-    assert "already holds files" in again.stderr and "Traceback" not in again.stderr
+    code, err = _entry("mnist", "--data-dir", data_dir, "--epochs", 1, "--hidden", 8,
+                       "--out-dir", out)
+    assert code == 2 and "already holds files" in err and "Traceback" not in err, err
     assert json.loads((out / "results.json").read_text()) == results  # nothing lost
 
 

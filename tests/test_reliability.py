@@ -19,7 +19,7 @@ import pytest
 from experiments import mnist
 from ffjax import checkpoint, driver, experiment, optim
 from ffjax.spec import FFSpec
-from tests.conftest import REPO
+from tests.conftest import REPO, built_once
 
 # Big enough that an epoch takes a moment on 2 CPU cores, so a run can be stopped mid-way.
 RUN = ["--hidden", "128", "128", "--epochs", "4", "--train-size", "20000"]
@@ -70,22 +70,20 @@ def _same_run(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-# The tests that compare against this run share one xdist worker (a group, with
-# --dist loadgroup in pyproject.toml), so the run is made once, not once per worker.
-UNINTERRUPTED = pytest.mark.xdist_group("uninterrupted-run")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "whole"
-    proc = _run("--data-dir", data_dir, *RUN, "--out-dir", out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    """The run the stopped-and-resumed runs must equal, made once per test session
+    whichever workers ask for it. The tests ask for it once their own run is done
+    (request.getfixturevalue), so a worker waiting for another's build has worked
+    meanwhile."""
+    def build(out):
+        proc = _run("--data-dir", data_dir, *RUN, "--out-dir", out)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return built_once(tmp_path_factory, "uninterrupted-run", build)
 
 
-@UNINTERRUPTED
 def test_killed_run_with_a_corrupt_newest_checkpoint_resumes_exactly(data_dir, tmp_path,
-                                                                     uninterrupted):
+                                                                     request):
     out = tmp_path / "killed"
     proc = _start("--data-dir", data_dir, *RUN, "--checkpoint-every", 1, "--out-dir", out)
     _wait_for(lambda: (out / "checkpoints" / "2").is_dir(), proc)
@@ -109,14 +107,12 @@ def test_killed_run_with_a_corrupt_newest_checkpoint_resumes_exactly(data_dir, t
     assert f"resuming from the checkpoint of epoch {newest - 1}" in warning[0]
     assert "Traceback" not in resumed.stderr and "does not fit" not in resumed.stderr
     assert (out / "checkpoints" / f"corrupt-{newest}").is_dir()  # kept, set aside
-    _same_run(uninterrupted, out)
+    _same_run(request.getfixturevalue("uninterrupted"), out)
 
 
-@UNINTERRUPTED
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(data_dir, tmp_path,
-                                                                    uninterrupted, sig,
-                                                                    code):
+                                                                    request, sig, code):
     out = tmp_path / "interrupted"
     # --checkpoint-every 0: the only checkpoint before the end is the one the signal makes.
     proc = _start("--data-dir", data_dir, *RUN, "--checkpoint-every", 0, "--out-dir", out)
@@ -132,9 +128,9 @@ def test_ctrl_c_and_sigterm_save_a_checkpoint_and_say_how_to_resume(data_dir, tm
     assert not (out / "results.json").exists()
     if sig == signal.SIGINT:
         return  # the same stop path as SIGTERM's, whose resume follows
-    resumed = _run("--resume", out, "--data-dir", data_dir)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    _same_run(uninterrupted, out)
+    code, err = _main_in_process(["--resume", str(out), "--data-dir", str(data_dir)])
+    assert code == 0, err[-2000:]
+    _same_run(request.getfixturevalue("uninterrupted"), out)
 
 
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(mnist, tmp_path):
@@ -302,9 +298,8 @@ def test_unwritable_run_directory_is_one_line(data_dir, tmp_path):
     assert blocker.read_text() == "mine"
 
 
-@UNINTERRUPTED
 def test_time_limit_stops_with_a_checkpoint_and_resume_completes(data_dir, tmp_path,
-                                                                  uninterrupted):
+                                                                  request):
     out = tmp_path / "limited"
     # 1 s is over before the first epoch ends: it stops after that epoch, with code 124.
     code, err = _main_in_process(["--data-dir", str(data_dir), *RUN, "--checkpoint-every",
@@ -313,7 +308,7 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_completes(data_dir, tmp_p
     assert checkpoint.Checkpoints(out).latest_epoch() == 1
     code, err = _main_in_process(["--resume", str(out), "--time-limit", "1h"])
     assert code == 0, err
-    _same_run(uninterrupted, out)
+    _same_run(request.getfixturevalue("uninterrupted"), out)
 
 
 def test_resuming_another_network_names_the_leaf_and_exits_cleanly(data_dir, tmp_path):
