@@ -59,8 +59,8 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
     pytest-xdist workers ask for it: the first to ask builds it under a lock in the
     workers' shared temporary folder, the others wait and reuse it. (xdist's loadgroup,
     which would keep such tests on one worker, silently stopped grouping under pytest 9.2:
-    pytest-xdist issue #1386.) A failed build leaves nothing behind, so the next worker to
-    ask builds it again and fails with its own message."""
+    pytest-xdist issue #1386.) A failed build is not marked done: the next worker to ask
+    starts it afresh and fails with its own message."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # shared by the workers of one session
