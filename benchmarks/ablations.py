@@ -324,6 +324,16 @@ ROWS += [("unsupervised, round 10", label, [*HYBRID_30, *flags])
     ("lr decay after the first quarter, 30 epochs", ["--lr-decay-start", "0.25"]),
 ]]
 
+# Round 11, the same protocol: harder negatives without labels, each image mixed with its
+# nearest other image of the minibatch (pixel space) instead of a random one; with the
+# paper's finer mask (blur 1) and with none (blur 0).
+ROWS += [("unsupervised, round 11", label, [*HYBRID_30, *flags])
+         for label, flags in [
+    ("nearest partner, 30 epochs", ["--hybrid-partner", "nearest"]),
+    ("nearest partner, blur 0, 30 epochs", ["--hybrid-partner", "nearest",
+                                            "--mask-blur-steps", "0"]),
+]]
+
 # Conv, round 3 (10 epochs): the class-group conv preset on Fashion-MNIST, and the paper's
 # local geometry with weight sharing (conv), unsupervised as its local rows above.
 PAPER_CONV = _as_conv(PAPER_LOCAL)

@@ -90,6 +90,10 @@ class Config:
                                   "1/4] along each axis (more: larger regions)")
     mask_fraction: float = _field(_MASK[1].fraction, "share of the pixels "
                                   "--negatives masked zeroes")
+    hybrid_partner: str = _field(_MASK[0].partner, "the second image of each --negatives "
+                                 "hybrid mixture: shift (a random other image of the "
+                                 "minibatch) or nearest (its nearest other image in pixel "
+                                 "space)")
     peer_strength: float = _field(_SPEC.peer_strength, "peer normalization strength (0 "
                                                        "disables; the reference uses 0.03)")
     goodness_scope: str = _field(_SPEC.goodness_scope, "what the objective scores: layer "
@@ -413,6 +417,12 @@ def check_config(cfg: Config) -> None:
         bad(f"--mask-blur-steps {cfg.mask_blur_steps}: must be >= 0.")
     if not 0 < cfg.mask_fraction < 1:
         bad(f"--mask-fraction {cfg.mask_fraction}: must be in (0, 1).")
+    if cfg.hybrid_partner not in negatives.HYBRID_PARTNERS:
+        bad(f"--hybrid-partner {cfg.hybrid_partner}: choose one of "
+            f"{', '.join(negatives.HYBRID_PARTNERS)}.")
+    if cfg.hybrid_partner != negatives.HYBRID_PARTNER and cfg.negatives != "hybrid":
+        bad(f"--hybrid-partner {cfg.hybrid_partner}: chooses the second image of "
+            f"--negatives hybrid, not of --negatives {cfg.negatives}.")
     if cfg.time_limit is not None:
         parse_duration(cfg.time_limit)
     if cfg.eval_every < 0:
@@ -485,7 +495,8 @@ def negatives_of(cfg: Config, image_shape=None):
     """--negatives as FFSpec(negatives=...) takes it: the name, or for the mask-based
     generators one built with the dataset's image shape and the mask settings."""
     if cfg.negatives == "hybrid":
-        return negatives.hybrid(image_shape=image_shape, blur_steps=cfg.mask_blur_steps)
+        return negatives.hybrid(image_shape=image_shape, blur_steps=cfg.mask_blur_steps,
+                                partner=cfg.hybrid_partner)
     if cfg.negatives == "masked":
         return negatives.masked(image_shape=image_shape, fraction=cfg.mask_fraction,
                                 blur_steps=cfg.mask_blur_steps)

@@ -121,10 +121,26 @@ def partner(key, batch_size: int) -> jax.Array:
     return (jnp.arange(batch_size) + shift) % batch_size
 
 
+def nearest_partner(x_BxD: jax.Array) -> jax.Array:
+    """(B,) the index of each example's nearest other example of the minibatch, by
+    Euclidean distance between the inputs (no labels read): the partner whose mixture
+    with the example looks most like real data. Never the example itself."""
+    x_BxD = x_BxD.astype(jnp.float32)  # integer pixels would overflow the products
+    sq = jnp.sum(x_BxD * x_BxD, axis=1)
+    d = sq[:, None] + sq[None, :] - 2.0 * (x_BxD @ x_BxD.T)
+    d = jnp.where(jnp.eye(x_BxD.shape[0], dtype=bool), jnp.inf, d)
+    return jnp.argmin(d, axis=1)
+
+
+HYBRID_PARTNERS = ("shift", "nearest")
+HYBRID_PARTNER = "shift"
+
+
 @dataclasses.dataclass(frozen=True)
 class _Hybrid:
     image_shape: tuple | None
     blur_steps: int
+    partner: str
     name = "hybrid"
 
     def __call__(self, key, batch: Minibatch, spec):
@@ -135,7 +151,11 @@ class _Hybrid:
         images = _as_images(batch.x, self.image_shape)
         mask_key, pair_key = jax.random.split(key)
         mask = hybrid_mask(mask_key, images.shape[:3], self.blur_steps)[..., None]
-        other = images[partner(pair_key, images.shape[0])]
+        if self.partner == "nearest":
+            pick = nearest_partner(images.reshape(images.shape[0], -1))
+        else:
+            pick = partner(pair_key, images.shape[0])
+        other = images[pick]
         return (images * mask + other * (1.0 - mask)).reshape(batch.x.shape)
 
 
@@ -158,14 +178,20 @@ class _Masked:
         return (images * keep).reshape(batch.x.shape)
 
 
-def hybrid(*, image_shape=None, blur_steps: int = HYBRID_BLUR_STEPS) -> NegativeGenerator:
+def hybrid(*, image_shape=None, blur_steps: int = HYBRID_BLUR_STEPS,
+           partner: str = HYBRID_PARTNER) -> NegativeGenerator:
     """The paper's unsupervised negatives: for each image a of the minibatch and another
     image b of it, a * mask + b * (1 - mask), with the mask of hybrid_mask. Uses no
-    labels. image_shape (H, W, C) is needed for flat inputs (dense networks)."""
+    labels. image_shape (H, W, C) is needed for flat inputs (dense networks). partner
+    chooses b: "shift" (a random other image: each image's partner is the one a random
+    shift further on) or "nearest" (its nearest other image in pixel space,
+    nearest_partner)."""
     if int(blur_steps) < 0:
         raise ValueError(f"blur_steps={blur_steps} must be >= 0.")
+    if partner not in HYBRID_PARTNERS:
+        raise ValueError(f"partner={partner!r}: choose one of {', '.join(HYBRID_PARTNERS)}.")
     shape = None if image_shape is None else tuple(int(s) for s in image_shape)
-    return NegativeGenerator(_Hybrid(shape, int(blur_steps)), uses_labels=False)
+    return NegativeGenerator(_Hybrid(shape, int(blur_steps), partner), uses_labels=False)
 
 
 def masked(*, image_shape=None, fraction: float = MASKED_FRACTION,

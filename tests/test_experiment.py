@@ -192,6 +192,10 @@ def _main(argv):
      "--score-layers: the goodness readout needs a label in the input"),
     (["--negatives", "masked", "--label-encoding", "none", "--mask-fraction", "1"],
      "--mask-fraction 1.0: must be in (0, 1)"),
+    (["--negatives", "hybrid", "--label-encoding", "none", "--hybrid-partner", "closest"],
+     "--hybrid-partner closest: choose one of shift, nearest"),
+    (["--hybrid-partner", "nearest"], "--hybrid-partner nearest: chooses the second image "
+                                      "of --negatives hybrid, not of --negatives hard"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(args, msg, tmp_path):
     code, err = _main([*args, "--out-dir", str(tmp_path / "x")])

@@ -47,6 +47,25 @@ def test_a_hybrid_negative_is_exactly_the_mixture_of_two_different_images():
     assert 0.4 < from_a.mean() < 0.6  # about half of each
 
 
+def test_a_nearest_partner_hybrid_mixes_each_image_with_its_nearest_other_image(mnist):
+    """--hybrid-partner nearest: the second image of each mixture is the closest other
+    image of the minibatch in pixel space (a brute-force search agrees), never itself,
+    and the mixture is exact; bad partner names are refused."""
+    x = jnp.asarray(mnist.x_train[:64])
+    gen = negatives.hybrid(image_shape=(28, 28, 1), blur_steps=1, partner="nearest")
+    neg = gen.generate(jax.random.key(3), Minibatch(x, jnp.zeros(64, jnp.int32)), None)
+    xs = np.asarray(x, np.float64)
+    dist = ((xs[:, None, :] - xs[None, :, :]) ** 2).sum(-1) + np.diag(np.full(64, np.inf))
+    other = dist.argmin(1)
+    np.testing.assert_array_equal(negatives.nearest_partner(x), other)
+    assert not np.any(other == np.arange(64))
+    mask_key, _ = jax.random.split(jax.random.key(3))  # the generator's mask draw
+    mask = negatives.hybrid_mask(mask_key, (64, 28, 28), 1).reshape(64, -1)
+    np.testing.assert_array_equal(neg, x * mask + x[other] * (1 - mask))
+    with pytest.raises(ValueError, match="choose one of shift, nearest"):
+        negatives.hybrid(partner="closest")
+
+
 def test_images_keep_their_shape_and_flat_inputs_need_one():
     x = jax.random.uniform(jax.random.key(0), (4, 6, 6, 2))
     neg = negatives.GENERATORS["hybrid"].generate(jax.random.key(1), Minibatch(x, None), None)
