@@ -9,8 +9,8 @@ from ffjax.inference import (Predictions, accuracy, label_scores, layer_goodness
                              make_predict, predict)
 from ffjax.encodings import Channels, FirstFeatures, NoLabel
 from ffjax.labels import embed_label, embed_neutral, to_float, uniform_wrong_labels
-from ffjax.layers import (Block, Conv, Dense, DenseParams, Local, from_flax, init_dense,
-                          normalize, parse_block)
+from ffjax.layers import (Block, Conv, Dense, DenseParams, Local, from_flax, from_nnx,
+                          init_dense, normalize, parse_block)
 from ffjax.negatives import Minibatch, NegativeGenerator
 from ffjax.network import forward, init_network
 from ffjax.objective import LayerMetrics, ff_loss, goodness, make_objective

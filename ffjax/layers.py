@@ -11,10 +11,10 @@ object with
 
 and optionally `in_rank` (the rank of the per-example input it needs, e.g. 3 for an
 (H, W, C) image; None: any) and `fan_in(in_shape)` (inputs per unit, for per-layer
-learning-rate scaling; default: the input's size). `Block` is a NamedTuple of those functions for blocks made
-from plain functions; `from_flax` makes one from any flax.linen module. The built-ins
-(`Dense`, `Conv`, `Local`) are frozen dataclasses, so specs holding them compare and
-hash by value. ffjax.network runs a stack of blocks (normalize -> block -> ReLU).
+learning-rate scaling; default: the input's size). `Block` is a NamedTuple of those
+functions for blocks made from plain functions; `from_flax` makes one from any flax.linen
+module, `from_nnx` from any flax.nnx module. The built-ins (`Dense`, `Conv`, `Local`) are
+frozen dataclasses, so specs holding them compare and hash by value. ffjax.network runs a stack of blocks (normalize -> block -> ReLU).
 """
 
 from __future__ import annotations
@@ -286,6 +286,42 @@ def from_flax(module, *, in_rank: int | None = None) -> Block:
 
     def apply(params, x):
         return module.apply({"params": params}, x)
+
+    def out_shape(in_shape):
+        out = jax.eval_shape(lambda: apply(init(jax.random.key(0), in_shape),
+                                           jnp.zeros((1,) + tuple(in_shape))))
+        return tuple(out.shape[1:])
+
+    return Block(init, apply, out_shape, in_rank)
+
+
+def from_nnx(make, *, in_rank: int | None = None) -> Block:
+    """A block whose body is a flax.nnx module. `make(in_shape, rngs)` builds the module
+    for one example's input shape (nnx layers are told their input size) from
+    `nnx.Rngs`; its `nnx.Param` variables are the block's parameters, as a plain nested
+    dict (what optax, orbax and vmap see for every block). A module with other
+    variables (batch statistics, counters) would carry state between steps and is
+    refused. Keep the module free of normalization and the final ReLU (ffjax adds both)."""
+    from flax import nnx
+
+    def split(module):
+        graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+        if jax.tree.leaves(rest):
+            raise ValueError("from_nnx: the module holds variables other than nnx.Param "
+                             f"({sorted(nnx.to_pure_dict(rest))}); an FF block's body "
+                             "keeps no state between steps.")
+        return graphdef, params, rest
+
+    def init(key, in_shape):
+        return nnx.to_pure_dict(split(make(tuple(in_shape), nnx.Rngs(key)))[1])
+
+    def apply(params, x):
+        # The module's structure from an abstract build (no arrays made), its values
+        # from params.
+        graphdef, state, rest = split(nnx.eval_shape(
+            lambda: make(tuple(x.shape[1:]), nnx.Rngs(0))))
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(graphdef, state, rest)(x)
 
     def out_shape(in_shape):
         out = jax.eval_shape(lambda: apply(init(jax.random.key(0), in_shape),

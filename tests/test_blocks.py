@@ -118,6 +118,51 @@ def test_a_flax_module_of_ones_own_is_a_block():
     assert np.isfinite(result.history[-1].metrics.layers.loss).all()
 
 
+def test_a_flax_nnx_module_of_ones_own_is_a_block():
+    """from_nnx: the block computes what the nnx module computes with the same key, its
+    parameters are a plain dict, it trains with gradients local to it, and a module with
+    state beside its parameters is refused."""
+    from flax import nnx
+
+    class TwoConvs(nnx.Module):  # built for its input shape, as nnx layers are
+        def __init__(self, in_shape, rngs):
+            self.a = nnx.Conv(in_shape[-1], 6, (3, 3), rngs=rngs)
+            self.b = nnx.Conv(6, 3, (1, 1), rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(nnx.relu(self.a(x)))
+
+    block = layers.from_nnx(TwoConvs, in_rank=3)
+    x = jax.random.uniform(jax.random.key(2), (4,) + IMG)
+    params = block.init(jax.random.key(1), IMG)
+    assert jax.tree.map(jnp.shape, params)["a"] == {"bias": (6,), "kernel": (3, 3, 2, 6)}
+    np.testing.assert_array_equal(jax.jit(block.apply)(params, x),
+                                  TwoConvs(IMG, nnx.Rngs(jax.random.key(1)))(x))
+    spec = FFSpec(hidden=(block, 8), input_shape=IMG, num_classes=C, negatives="uniform",
+                  readout=False)
+    assert spec.layer_shapes == ((6, 6, 3), (8,))
+    xs, ys = _data(spec, n=40)
+    result = driver.fit(jax.random.key(0), xs, ys, spec, epochs=2, batch_size=10,
+                        optimizer=optax.adam(1e-3))
+    loss = result.history[-1].metrics.layers.loss
+    assert np.isfinite(loss).all() and (loss < result.history[0].metrics.layers.loss).any()
+    net = network.init_network(jax.random.key(3), spec)
+    xe = spec.encoding.embed(xs[:8].astype(jnp.float32) / 255.0, ys[:8])
+    assert_gradients_are_local(
+        lambda ps: [jnp.sum(h ** 2) for h in network.forward(ps, xe, spec)], net)
+
+    class Counting(nnx.Module):
+        def __init__(self, in_shape, rngs):
+            self.dense = nnx.Linear(in_shape[-1], 4, rngs=rngs)
+            self.norm = nnx.BatchNorm(4, rngs=rngs)
+
+        def __call__(self, x):
+            return self.norm(self.dense(x))
+
+    with pytest.raises(ValueError, match=r"other than nnx.Param \(\['norm'\]\)"):
+        layers.from_nnx(Counting).init(jax.random.key(0), (5,))
+
+
 def test_channels_encoding_appends_label_planes():
     enc = encodings.Channels(num_classes=3, strength=2.0)
     x = jnp.ones((2, 4, 4, 1)) * 0.5
