@@ -14,7 +14,8 @@ and optionally `in_rank` (the rank of the per-example input it needs, e.g. 3 for
 learning-rate scaling; default: the input's size). `Block` is a NamedTuple of those
 functions for blocks made from plain functions; `from_flax` makes one from any flax.linen
 module, `from_nnx` from any flax.nnx module. The built-ins (`Dense`, `Conv`, `Local`) are
-frozen dataclasses, so specs holding them compare and hash by value. ffjax.network runs a stack of blocks (normalize -> block -> ReLU).
+frozen dataclasses, so specs holding them compare and hash by value. ffjax.network runs a
+stack of blocks (normalize -> block -> ReLU).
 """
 
 from __future__ import annotations
