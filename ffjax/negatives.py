@@ -123,8 +123,8 @@ def partner(key, batch_size: int) -> jax.Array:
 
 def nearest_partner(x_BxD: jax.Array) -> jax.Array:
     """(B,) the index of each example's nearest other example of the minibatch, by
-    Euclidean distance between the inputs (no labels read): the partner whose mixture
-    with the example looks most like real data. Never the example itself."""
+    Euclidean distance between the inputs (no labels read). Mixing two similar images
+    makes a harder negative than mixing two random ones. Never the example itself."""
     x_BxD = x_BxD.astype(jnp.float32)  # integer pixels would overflow the products
     sq = jnp.sum(x_BxD * x_BxD, axis=1)
     d = sq[:, None] + sq[None, :] - 2.0 * (x_BxD @ x_BxD.T)
@@ -149,7 +149,7 @@ class _Hybrid:
             raise ValueError("hybrid negatives mix two different images of a minibatch: "
                              "use a batch size of at least 2.")
         images = _as_images(batch.x, self.image_shape)
-        mask_key, pair_key = jax.random.split(key)
+        mask_key, pair_key = jax.random.split(key)  # the same mask for either partner
         mask = hybrid_mask(mask_key, images.shape[:3], self.blur_steps)[..., None]
         if self.partner == "nearest":
             pick = nearest_partner(images.reshape(images.shape[0], -1))
