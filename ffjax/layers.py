@@ -277,6 +277,18 @@ class Local(_Spatial):
         return self._pool(z + params["bias"])
 
 
+def _traced_out_shape(init, apply):
+    """out_shape for a block made of init and apply: one example's output shape, read
+    off an abstract evaluation (no arrays made)."""
+
+    def out_shape(in_shape):
+        out = jax.eval_shape(lambda: apply(init(jax.random.key(0), in_shape),
+                                           jnp.zeros((1,) + tuple(in_shape))))
+        return tuple(out.shape[1:])
+
+    return out_shape
+
+
 def from_flax(module, *, in_rank: int | None = None) -> Block:
     """A block whose body is a flax.linen module: init(key, in_shape) initializes it on
     a dummy example, apply runs it, out_shape is read off jax.eval_shape. Keep the
@@ -288,12 +300,7 @@ def from_flax(module, *, in_rank: int | None = None) -> Block:
     def apply(params, x):
         return module.apply({"params": params}, x)
 
-    def out_shape(in_shape):
-        out = jax.eval_shape(lambda: apply(init(jax.random.key(0), in_shape),
-                                           jnp.zeros((1,) + tuple(in_shape))))
-        return tuple(out.shape[1:])
-
-    return Block(init, apply, out_shape, in_rank)
+    return Block(init, apply, _traced_out_shape(init, apply), in_rank)
 
 
 def from_nnx(make, *, in_rank: int | None = None) -> Block:
@@ -324,12 +331,7 @@ def from_nnx(make, *, in_rank: int | None = None) -> Block:
         nnx.replace_by_pure_dict(state, params)
         return nnx.merge(graphdef, state, rest)(x)
 
-    def out_shape(in_shape):
-        out = jax.eval_shape(lambda: apply(init(jax.random.key(0), in_shape),
-                                           jnp.zeros((1,) + tuple(in_shape))))
-        return tuple(out.shape[1:])
-
-    return Block(init, apply, out_shape, in_rank)
+    return Block(init, apply, _traced_out_shape(init, apply), in_rank)
 
 
 _SPATIAL = {"conv": Conv, "local": Local}

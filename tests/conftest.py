@@ -1,7 +1,9 @@
 """Shared test setup: key-reuse checking on, the shared data folder, small helpers."""
 
 import atexit
+import contextlib
 import fcntl
+import io
 import os
 import shutil
 import tempfile
@@ -52,6 +54,15 @@ def assert_gradients_are_local(losses, params) -> None:
                 assert total > 0.0, f"layer {k} gets no gradient from its own loss"
             else:
                 assert total == 0.0, f"layer {k}'s loss sends gradient to layer {j}"
+
+
+def quietly(fn, *args):
+    """(fn(*args), what it wrote to stderr), its stdout dropped: how the tests run an
+    entry point's main in this process and read its refusals."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        result = fn(*args)
+    return result, err.getvalue()
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, quietly
 
 RESULT_KEYS = {"test_accuracy", "test_error", "train_seconds", "compile_seconds", "epochs",
                "device", "jax_version", "config", "test_accuracy_per_layer", "command",
@@ -79,15 +79,11 @@ def test_mnist_experiment_writes_the_run_directory(data_dir, tmp_path):
 def _entry(module, *args):
     """(exit code, stderr) of `python -m experiments.<module> args`, run in this process
     (the entry point's own defaults and description)."""
-    import contextlib
     import importlib
-    import io
     from ffjax import experiment
     mod = importlib.import_module(f"experiments.{module}")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = experiment.main(mod.DEFAULTS, mod.__doc__.splitlines()[0], list(map(str, args)))
-    return code, err.getvalue()
+    return quietly(experiment.main, mod.DEFAULTS, mod.__doc__.splitlines()[0],
+                   list(map(str, args)))
 
 
 def test_a_conv_network_from_the_command_line(data_dir, tmp_path):

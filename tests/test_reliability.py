@@ -19,7 +19,7 @@ import pytest
 from experiments import mnist
 from ffjax import checkpoint, driver, experiment, optim
 from ffjax.spec import FFSpec
-from tests.conftest import REPO, built_once
+from tests.conftest import REPO, built_once, quietly
 
 # Big enough that an epoch takes a moment on 2 CPU cores, so a run can be stopped mid-way.
 RUN = ["--hidden", "128", "128", "--epochs", "4", "--train-size", "20000"]
@@ -190,12 +190,7 @@ def _one_line(err: str) -> bool:
 
 def _main_in_process(argv, capsys=None):
     """Runs the real CLI entry point (experiments.mnist's main) in this process."""
-    import contextlib
-    import io
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = experiment.main(mnist.DEFAULTS, "test", argv)
-    return code, err.getvalue()
+    return quietly(experiment.main, mnist.DEFAULTS, "test", argv)
 
 
 def _copy_mnist(data_dir, tmp_path):

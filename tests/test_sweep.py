@@ -1,8 +1,6 @@
 """Many models per program: a grid point trains exactly as the lone run it stands for."""
 
-import contextlib
 import dataclasses
-import io
 import json
 
 import jax
@@ -13,6 +11,7 @@ from benchmarks import sweep_throughput
 from experiments import sweep
 from ffjax import driver, optim
 from ffjax.spec import FFSpec
+from tests.conftest import quietly
 
 
 @pytest.mark.parametrize("net, schedule", [("dense", "simultaneous"), ("conv", "greedy")])
@@ -58,10 +57,7 @@ def test_bad_grid_values_are_named(kwargs, msg):
 def _sweep(*args):
     """(exit code, stderr) of `python -m experiments.sweep args`, run in this process (the
     real process's one-line refusals are tested in test_experiment)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = sweep.main(list(map(str, args)))
-    return code, err.getvalue()
+    return quietly(sweep.main, list(map(str, args)))
 
 
 def test_sweep_cli_writes_one_table(data_dir, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from ffjax import driver, epoch as epoch_lib, inference, negatives, optim
 from ffjax.negatives import Minibatch
 from ffjax.spec import FFSpec
-from tests.conftest import assert_gradients_are_local
+from tests.conftest import assert_gradients_are_local, quietly
 
 
 def _neighbours_equal(mask):
@@ -178,17 +178,13 @@ def test_each_layer_has_a_probe_and_the_last_ones_is_the_readout(mnist):
 def test_an_unsupervised_run_resumes_bit_identically(data_dir, tmp_path):
     """The probes and the readout are part of the checkpointed state: a run stopped
     after epoch 1 and resumed ends exactly as the uninterrupted one."""
-    import contextlib
-    import io
     import json
     import shutil
     from experiments import mnist
     from ffjax import experiment
 
     def main(argv):
-        with contextlib.redirect_stderr(io.StringIO()), \
-                contextlib.redirect_stdout(io.StringIO()):
-            return experiment.main(mnist.DEFAULTS, "test", argv)
+        return quietly(experiment.main, mnist.DEFAULTS, "test", argv)[0]
 
     common = ["--data-dir", str(data_dir), "--hidden", "32", "16", "--epochs", "2",
               "--label-encoding", "none", "--negatives", "hybrid", "--train-size", "2000",
