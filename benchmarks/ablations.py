@@ -334,6 +334,15 @@ ROWS += [("unsupervised, round 11", label, [*HYBRID_30, *flags])
                                             "--mask-blur-steps", "0"]),
 ]]
 
+# Round 12, the same protocol: more label-free negatives per positive image (each with
+# its own mask and random partner; the loss averages over them), a lower-variance
+# negative term at 1.5x and 2.5x the cost of a step.
+ROWS += [("unsupervised, round 12", label, [*HYBRID_30, *flags])
+         for label, flags in [
+    ("2 hybrid negatives per positive, 30 epochs", ["--hybrid-count", "2"]),
+    ("4 hybrid negatives per positive, 30 epochs", ["--hybrid-count", "4"]),
+]]
+
 # Conv, round 3 (10 epochs): the class-group conv preset on Fashion-MNIST, and the paper's
 # local geometry with weight sharing (conv), unsupervised as its local rows above.
 PAPER_CONV = _as_conv(PAPER_LOCAL)

@@ -94,6 +94,9 @@ class Config:
                                  "hybrid mixture: shift (a random other image of the "
                                  "minibatch) or nearest (its nearest other image in pixel "
                                  "space)")
+    hybrid_count: int = _field(_MASK[0].count, "--negatives hybrid mixtures per positive "
+                               "image, each with its own mask (and partner, with --hybrid-"
+                               "partner shift); the loss averages over them")
     peer_strength: float = _field(_SPEC.peer_strength, "peer normalization strength (0 "
                                                        "disables; the reference uses 0.03)")
     goodness_scope: str = _field(_SPEC.goodness_scope, "what the objective scores: layer "
@@ -423,6 +426,11 @@ def check_config(cfg: Config) -> None:
     if cfg.hybrid_partner != negatives.HYBRID_PARTNER and cfg.negatives != "hybrid":
         bad(f"--hybrid-partner {cfg.hybrid_partner}: chooses the second image of "
             f"--negatives hybrid, not of --negatives {cfg.negatives}.")
+    if cfg.hybrid_count < 1:
+        bad(f"--hybrid-count {cfg.hybrid_count}: give at least 1 negative per positive.")
+    if cfg.hybrid_count != negatives.HYBRID_COUNT and cfg.negatives != "hybrid":
+        bad(f"--hybrid-count {cfg.hybrid_count}: counts the mixtures of --negatives "
+            f"hybrid, not the negatives of --negatives {cfg.negatives}.")
     if cfg.time_limit is not None:
         parse_duration(cfg.time_limit)
     if cfg.eval_every < 0:
@@ -496,7 +504,7 @@ def negatives_of(cfg: Config, image_shape=None):
     generators one built with the dataset's image shape and the mask settings."""
     if cfg.negatives == "hybrid":
         return negatives.hybrid(image_shape=image_shape, blur_steps=cfg.mask_blur_steps,
-                                partner=cfg.hybrid_partner)
+                                partner=cfg.hybrid_partner, count=cfg.hybrid_count)
     if cfg.negatives == "masked":
         return negatives.masked(image_shape=image_shape, fraction=cfg.mask_fraction,
                                 blur_steps=cfg.mask_blur_steps)

@@ -134,6 +134,7 @@ def nearest_partner(x_BxD: jax.Array) -> jax.Array:
 
 HYBRID_PARTNERS = ("shift", "nearest")
 HYBRID_PARTNER = "shift"
+HYBRID_COUNT = 1  # the paper's: one negative per positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,7 @@ class _Hybrid:
     image_shape: tuple | None
     blur_steps: int
     partner: str
+    count: int
     name = "hybrid"
 
     def __call__(self, key, batch: Minibatch, spec):
@@ -149,14 +151,22 @@ class _Hybrid:
             raise ValueError("hybrid negatives mix two different images of a minibatch: "
                              "use a batch size of at least 2.")
         images = _as_images(batch.x, self.image_shape)
+        if self.count == 1:  # the key used as is, so count=1 is the one-negative generator
+            return self._mix(key, images).reshape(batch.x.shape)
+        # Grouped by positive, as every generator's: (B, K, ...) -> (B * K, ...).
+        mixes = jnp.stack([self._mix(k, images) for k in jax.random.split(key, self.count)],
+                          axis=1)
+        return mixes.reshape((-1,) + batch.x.shape[1:])
+
+    def _mix(self, key, images):
+        """One negative per image (B, H, W, C): its own mask and partner."""
         mask_key, pair_key = jax.random.split(key)  # the same mask for either partner
         mask = hybrid_mask(mask_key, images.shape[:3], self.blur_steps)[..., None]
         if self.partner == "nearest":
             pick = nearest_partner(images.reshape(images.shape[0], -1))
         else:
             pick = partner(pair_key, images.shape[0])
-        other = images[pick]
-        return (images * mask + other * (1.0 - mask)).reshape(batch.x.shape)
+        return images * mask + images[pick] * (1.0 - mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,19 +189,24 @@ class _Masked:
 
 
 def hybrid(*, image_shape=None, blur_steps: int = HYBRID_BLUR_STEPS,
-           partner: str = HYBRID_PARTNER) -> NegativeGenerator:
+           partner: str = HYBRID_PARTNER, count: int = HYBRID_COUNT) -> NegativeGenerator:
     """The paper's unsupervised negatives: for each image a of the minibatch and another
     image b of it, a * mask + b * (1 - mask), with the mask of hybrid_mask. Uses no
     labels. image_shape (H, W, C) is needed for flat inputs (dense networks). partner
     chooses b: "shift" (a random other image: each image's partner is the one a random
     shift further on) or "nearest" (its nearest other image in pixel space,
-    nearest_partner)."""
+    nearest_partner). count is the number of negatives per positive, each with its own
+    mask and (for "shift") its own partner, grouped by positive; the objective averages
+    over them, so more of them lower the variance of the negative term, not its weight."""
     if int(blur_steps) < 0:
         raise ValueError(f"blur_steps={blur_steps} must be >= 0.")
     if partner not in HYBRID_PARTNERS:
         raise ValueError(f"partner={partner!r}: choose one of {', '.join(HYBRID_PARTNERS)}.")
+    if int(count) < 1:
+        raise ValueError(f"count={count}: give at least one negative per positive.")
     shape = None if image_shape is None else tuple(int(s) for s in image_shape)
-    return NegativeGenerator(_Hybrid(shape, int(blur_steps), partner), uses_labels=False)
+    return NegativeGenerator(_Hybrid(shape, int(blur_steps), partner, int(count)),
+                             uses_labels=False)
 
 
 def masked(*, image_shape=None, fraction: float = MASKED_FRACTION,

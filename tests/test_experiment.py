@@ -192,6 +192,10 @@ def _main(argv):
      "--hybrid-partner closest: choose one of shift, nearest"),
     (["--hybrid-partner", "nearest"], "--hybrid-partner nearest: chooses the second image "
                                       "of --negatives hybrid, not of --negatives hard"),
+    (["--negatives", "hybrid", "--label-encoding", "none", "--hybrid-count", "0"],
+     "--hybrid-count 0: give at least 1 negative per positive"),
+    (["--hybrid-count", "2"], "--hybrid-count 2: counts the mixtures of --negatives hybrid, "
+                              "not the negatives of --negatives hard"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(args, msg, tmp_path):
     code, err = _main([*args, "--out-dir", str(tmp_path / "x")])

@@ -66,6 +66,35 @@ def test_a_nearest_partner_hybrid_mixes_each_image_with_its_nearest_other_image(
         negatives.hybrid(partner="closest")
 
 
+def test_several_hybrid_negatives_per_positive_are_grouped_by_positive_and_train(mnist):
+    """count=K: K mixtures per positive, grouped by positive (rows m*K .. m*K + K - 1
+    belong to image m), mixture k made exactly as a one-negative generator with the k-th
+    split of the key would make it, each with its own mask; a network trains on them with
+    its gradients local; count < 1 is refused."""
+    x = jnp.asarray(mnist.x_train[:32])
+    batch = Minibatch(x, jnp.zeros(32, jnp.int32))
+    neg = negatives.hybrid(image_shape=(28, 28, 1), count=3).generate(
+        jax.random.key(5), batch, None)
+    assert neg.shape == (96, 784)
+    one = negatives.hybrid(image_shape=(28, 28, 1))
+    for k, key in enumerate(jax.random.split(jax.random.key(5), 3)):
+        np.testing.assert_array_equal(neg.reshape(32, 3, 784)[:, k],
+                                      one.generate(key, batch, None))
+    by_positive = np.asarray(neg).reshape(32, 3, 784)
+    assert not np.array_equal(by_positive[:, 0], by_positive[:, 1])
+    spec = FFSpec(hidden=(32, 16), num_classes=10, label_encoding="none", readout=True,
+                  negatives=negatives.hybrid(image_shape=(28, 28, 1), count=2))
+    r = driver.fit(jax.random.key(0), mnist.x_train[:1000], mnist.y_train[:1000], spec,
+                   epochs=2, batch_size=100)
+    loss = [float(np.mean(h.metrics.layers.loss)) for h in r.history]
+    assert np.all(np.isfinite(loss)) and loss[-1] < loss[0]
+    params = epoch_lib.params_of(r.state)
+    assert_gradients_are_local(lambda p: epoch_lib.local_losses(p, x, neg[:64], spec)[0],
+                               params)
+    with pytest.raises(ValueError, match="at least one negative"):
+        negatives.hybrid(count=0)
+
+
 def test_images_keep_their_shape_and_flat_inputs_need_one():
     x = jax.random.uniform(jax.random.key(0), (4, 6, 6, 2))
     neg = negatives.GENERATORS["hybrid"].generate(jax.random.key(1), Minibatch(x, None), None)
