@@ -4,12 +4,16 @@
 #   bash benchmarks/gpu_session.sh perf "$OUT"       # ~5 min: epoch times, FF vs backprop, sweep
 #   bash benchmarks/gpu_session.sh accuracy "$OUT"   # ~9 min: the MNIST / Fashion-MNIST results
 #   bash benchmarks/gpu_session.sh conv "$OUT"       # <= 9 min: conv FF screens (issue 17)
+#   bash benchmarks/gpu_session.sh unsupervised "$OUT"  # <= 12 min: 4 x 2000 without labels (issue 20)
 # Every record lands in $OUT (copy it into benchmarks/results/ afterwards).
+# FFJAX_GPU_EXTRA="--epochs 1 --hidden 16 16 --train-size 12000" appends flags to every
+# run of the unsupervised mode (a smoke test of the script on a CPU).
 set -euo pipefail
 mode=${1:?perf or accuracy}
 out=${2:?output folder}
 data=${FFJAX_DATA_DIR:-.data}
 mkdir -p "$out/runs"
+read -r -a extra <<< "${FFJAX_GPU_EXTRA:-}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" || true
 
@@ -46,5 +50,38 @@ conv)
         --out-dir "$out/runs/$ds-cifar10-conv-30ep-val" || true
   done
   ;;
-*) echo "unknown mode $mode (perf, accuracy or conv)" >&2; exit 2 ;;
+unsupervised)
+  # The fully connected target of issue 20 (<= 1.30 % MNIST test error; 4 x 2000, 100
+  # epochs; 1.42 % so far). One such run takes 85 minutes on 2 CPU cores, so the levers
+  # the 784-1000-1000 screens found were not all tried at full size. Here each runs on
+  # the validation split with 2 seeds, most promising first; the best mean validation
+  # accuracy is then trained on all 60 000 images with 3 seeds and scored on the test
+  # set once. A lever stopped by --time-limit has no results.json and is not chosen.
+  common=(--preset hinton-unsupervised --data-dir "$data" --eval-every 0)
+  levers=("reference:" "decay025:--lr-decay-start 0.25" "count2:--hybrid-count 2"
+          "decay025-count2:--lr-decay-start 0.25 --hybrid-count 2"
+          "noise01:--input-noise 0.1" "batch50:--batch-size 50")
+  for lever in "${levers[@]}"; do
+    name=${lever%%:*}; read -r -a flags <<< "${lever#*:}"
+    python -m experiments.mnist "${common[@]}" "${flags[@]}" --seeds 2 \
+        --validation-size 10000 --time-limit 2m "${extra[@]}" \
+        --out-dir "$out/runs/unsup-$name-val" || true
+  done
+  best=$(python -c '
+import json, pathlib, sys
+runs, scores = pathlib.Path(sys.argv[1]), {}
+for lever in sys.argv[2:]:
+    r = runs / ("unsup-" + lever.split(":")[0] + "-val") / "results.json"
+    if r.exists():
+        scores[lever] = json.loads(r.read_text())["validation_accuracy_softmax"]
+        print("%16s  validation %.2f %%" % (lever.split(":")[0], 100 * scores[lever]),
+              file=sys.stderr)
+print(max(scores, key=scores.get))
+' "$out/runs" "${levers[@]}" 2> >(tee "$out/validation.txt" >&2))
+  name=${best%%:*}; read -r -a flags <<< "${best#*:}"
+  echo "chosen on validation: $name (${best#*:})" | tee "$out/chosen.txt"
+  python -m experiments.mnist "${common[@]}" "${flags[@]}" --seeds 3 "${extra[@]}" \
+      --out-dir "$out/runs/unsup-$name-full60k-test"
+  ;;
+*) echo "unknown mode $mode (perf, accuracy, conv or unsupervised)" >&2; exit 2 ;;
 esac
