@@ -58,9 +58,9 @@ unsupervised)
   # accuracy is then trained on all 60 000 images with 3 seeds and scored on the test
   # set once. A lever stopped by --time-limit has no results.json and is not chosen.
   common=(--preset hinton-unsupervised --data-dir "$data" --eval-every 0)
-  levers=("reference:" "decay025:--lr-decay-start 0.25" "count2:--hybrid-count 2"
-          "decay025-count2:--lr-decay-start 0.25 --hybrid-count 2"
-          "noise01:--input-noise 0.1" "batch50:--batch-size 50")
+  levers=("reference:" "decay025:--lr-decay-start 0.25" "decay0:--lr-decay-start 0"
+          "batch50:--batch-size 50" "decay025-batch50:--lr-decay-start 0.25 --batch-size 50"
+          "noise01:--input-noise 0.1")
   for lever in "${levers[@]}"; do
     name=${lever%%:*}; read -r -a flags <<< "${lever#*:}"
     python -m experiments.mnist "${common[@]}" "${flags[@]}" --seeds 2 \
