@@ -452,8 +452,9 @@ def main(defaults: Config, description: str, argv=None) -> int:
                if f"{split}_accuracy_softmax" in results else "")
     if results["prediction"] == "softmax":
         softmax = " by the softmax readout (no label in the input)"
-    if "seeds" in results:
-        softmax += (f" (mean of {results['seeds']} seeds; goodness std "
+    if "seeds" in results:  # the std is of the headline accuracy, whichever readout it is
+        which = "" if results["prediction"] == "softmax" else "goodness "
+        softmax += (f" (mean of {results['seeds']} seeds; {which}std "
                     f"{100 * results[f'{split}_accuracy_std']:.2f})")
     print(f"{split} accuracy {100 * results[f'{split}_accuracy']:.2f}% "
           f"(error {100 * results[f'{split}_error']:.2f}%){softmax}, "
