@@ -353,6 +353,20 @@ ROWS += [("unsupervised, round 13", label, [*HYBRID_30, *flags])
     ("layer weight decay 0.003, 30 epochs", ["--weight-decay", "0.003"]),
 ]]
 
+# Round 14, the same protocol: changes of the objective and the optimizer rather than of
+# the update's settings. Layer collaboration (each layer's logistic reads the whole
+# network's margin, the others' terms held constant), Adam with the fan-in-scaled lr
+# validated for supervised FF, and the full logistic step (loss scale 1; the reference
+# code's is 0.5) against the unchanged weight decay and peer normalization.
+ROWS += [("unsupervised, round 14", label, [*HYBRID_30, *flags])
+         for label, flags in [
+    ("collaborative objective, 30 epochs", ["--objective", "collaborative"]),
+    ("Adam, lr 0.0015 x 1000 / fan-in, readout lr 0.003, 30 epochs",
+     ["--optimizer", "adam", "--lr", "0.0015", "--lr-scaling", "fan_in",
+      "--readout-lr", "0.003"]),
+    ("loss scale 1, 30 epochs", ["--loss-scale", "1"]),
+]]
+
 # Conv, round 3 (10 epochs): the class-group conv preset on Fashion-MNIST, and the paper's
 # local geometry with weight sharing (conv), unsupervised as its local rows above.
 PAPER_CONV = _as_conv(PAPER_LOCAL)
