@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 
 def to_float(x: jax.Array) -> jax.Array:
-    """uint8 features (pixels) scaled to [0, 1]; float features cast to float32 unchanged."""
+    """uint8 features (pixels) scaled to [0, 1]; float features cast to float32 unchanged.
+    Always a jax array, so callers may pass numpy arrays and use jax's array methods."""
+    x = jnp.asarray(x)
     if x.dtype == jnp.uint8:
         return x.astype(jnp.float32) / 255.0
     return x.astype(jnp.float32)

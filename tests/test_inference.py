@@ -62,7 +62,9 @@ def test_chunked_predict_equals_unchunked_for_any_size(net):
 def test_predict_on_60k_examples_in_bounded_chunks():
     spec = FFSpec(hidden=(32, 32), input_shape=(784,))
     small = network.init_network(jax.random.key(3), spec)
-    x = jax.random.randint(jax.random.key(4), (60_000, 784), 0, 256).astype(jnp.uint8)
+    # A numpy array, as users pass them (and numpy's generator: threefry over 47M values
+    # takes seconds on a CPU at the tests' optimization level 0).
+    x = np.random.default_rng(4).integers(0, 256, (60_000, 784), dtype=np.uint8)
     out = inference.make_predict(spec, chunk_size=2000)(small, x)
     assert out.combined.shape == (60_000,)
     # The chunked program gives the examples' own predictions, in order.

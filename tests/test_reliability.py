@@ -31,11 +31,6 @@ def _start(*args):
                             text=True)
 
 
-def _run(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.mnist", *map(str, args)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 def _wait_for(predicate, proc, timeout=300):
     t0 = time.time()
     while not predicate():
@@ -77,8 +72,9 @@ def uninterrupted(data_dir, tmp_path_factory):
     (request.getfixturevalue), so a worker waiting for another's build has worked
     meanwhile."""
     def build(out):
-        proc = _run("--data-dir", data_dir, *RUN, "--out-dir", out)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        code, err = _main_in_process(["--data-dir", str(data_dir), *map(str, RUN),
+                                      "--out-dir", str(out)])
+        assert code == 0, err[-2000:]
     return built_once(tmp_path_factory, "uninterrupted-run", build)
 
 
@@ -100,12 +96,12 @@ def test_killed_run_with_a_corrupt_newest_checkpoint_resumes_exactly(data_dir, t
         if f.is_file():
             f.write_bytes(np.random.default_rng(0).bytes(max(f.stat().st_size, 64)))
 
-    resumed = _run("--resume", out, "--data-dir", data_dir)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    warning = [ln for ln in resumed.stderr.splitlines() if "corrupt" in ln]
+    code, err = _main_in_process(["--resume", str(out), "--data-dir", str(data_dir)])
+    assert code == 0, err[-2000:]
+    warning = [ln for ln in err.splitlines() if "corrupt" in ln]
     assert len(warning) == 1 and f"checkpoint of epoch {newest}" in warning[0]
     assert f"resuming from the checkpoint of epoch {newest - 1}" in warning[0]
-    assert "Traceback" not in resumed.stderr and "does not fit" not in resumed.stderr
+    assert "Traceback" not in err and "does not fit" not in err
     assert (out / "checkpoints" / f"corrupt-{newest}").is_dir()  # kept, set aside
     _same_run(request.getfixturevalue("uninterrupted"), out)
 
@@ -315,9 +311,9 @@ def test_resuming_another_network_names_the_leaf_and_exits_cleanly(data_dir, tmp
     (out / "results.json").unlink()  # as if it had stopped after its last checkpoint
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "hidden": [8, 5]}))
-    proc = _run("--resume", out)
-    assert proc.returncode == 2 and _one_line(proc.stderr), proc.stderr
-    assert "of another network" in proc.stderr and "layers.1.params.w" in proc.stderr
+    code, err = _main_in_process(["--resume", str(out)])
+    assert code == 2 and _one_line(err), err
+    assert "of another network" in err and "layers.1.params.w" in err
 
 
 def test_resume_refuses_changed_settings_and_finished_runs(data_dir, tmp_path):
