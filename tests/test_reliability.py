@@ -72,7 +72,7 @@ def uninterrupted(data_dir, tmp_path_factory):
     (request.getfixturevalue), so a worker waiting for another's build has worked
     meanwhile."""
     def build(out):
-        code, err = _main_in_process(["--data-dir", str(data_dir), *map(str, RUN),
+        code, err = _main_in_process(["--data-dir", str(data_dir), *RUN,
                                       "--out-dir", str(out)])
         assert code == 0, err[-2000:]
     return built_once(tmp_path_factory, "uninterrupted-run", build)
