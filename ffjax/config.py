@@ -88,6 +88,10 @@ class Config:
     mask_blur_steps: int = _field(_MASK[0].blur_steps, "how often the random mask of "
                                   "--negatives hybrid and masked is blurred with [1/4, 1/2, "
                                   "1/4] along each axis (more: larger regions)")
+    mask_blur_steps_max: typing.Optional[int] = _field(
+        _MASK[0].blur_steps_max, "draw each mask's blur count uniformly from "
+        "--mask-blur-steps to this, so the negatives mix region sizes (default: every mask "
+        "blurred --mask-blur-steps times)")
     mask_fraction: float = _field(_MASK[1].fraction, "share of the pixels "
                                   "--negatives masked zeroes")
     hybrid_partner: str = _field(_MASK[0].partner, "the second image of each --negatives "
@@ -418,6 +422,13 @@ def check_config(cfg: Config) -> None:
                 "with --readout-layers).")
     if cfg.mask_blur_steps < 0:
         bad(f"--mask-blur-steps {cfg.mask_blur_steps}: must be >= 0.")
+    if cfg.mask_blur_steps_max is not None:
+        if cfg.mask_blur_steps_max < cfg.mask_blur_steps:
+            bad(f"--mask-blur-steps-max {cfg.mask_blur_steps_max}: must be at least "
+                f"--mask-blur-steps ({cfg.mask_blur_steps}).")
+        if cfg.negatives not in ("hybrid", "masked"):
+            bad(f"--mask-blur-steps-max {cfg.mask_blur_steps_max}: sets the masks of "
+                f"--negatives hybrid and masked, not of --negatives {cfg.negatives}.")
     if not 0 < cfg.mask_fraction < 1:
         bad(f"--mask-fraction {cfg.mask_fraction}: must be in (0, 1).")
     if cfg.hybrid_partner not in negatives.HYBRID_PARTNERS:
@@ -504,10 +515,12 @@ def negatives_of(cfg: Config, image_shape=None):
     generators one built with the dataset's image shape and the mask settings."""
     if cfg.negatives == "hybrid":
         return negatives.hybrid(image_shape=image_shape, blur_steps=cfg.mask_blur_steps,
-                                partner=cfg.hybrid_partner, count=cfg.hybrid_count)
+                                partner=cfg.hybrid_partner, count=cfg.hybrid_count,
+                                blur_steps_max=cfg.mask_blur_steps_max)
     if cfg.negatives == "masked":
         return negatives.masked(image_shape=image_shape, fraction=cfg.mask_fraction,
-                                blur_steps=cfg.mask_blur_steps)
+                                blur_steps=cfg.mask_blur_steps,
+                                blur_steps_max=cfg.mask_blur_steps_max)
     return cfg.negatives
 
 

@@ -93,25 +93,35 @@ def _as_images(x, image_shape):
     return x.reshape((x.shape[0],) + tuple(image_shape))
 
 
-def blurred_noise(key, shape_BxHxW, blur_steps: int) -> jax.Array:
+def blurred_noise(key, shape_BxHxW, blur_steps: int, blur_steps_max=None) -> jax.Array:
     """Random bits (each 1 with probability 1/2), blurred `blur_steps` times with the
     filter [1/4, 1/2, 1/4] along H and then along W (edges replicated, so every pixel is
     treated alike). Thresholded at 0.5 it is the paper's mask: about half the pixels,
-    in regions that grow with blur_steps."""
-    m = jax.random.bernoulli(key, 0.5, shape_BxHxW).astype(jnp.float32)
+    in regions that grow with blur_steps. With blur_steps_max, each image is blurred its
+    own number of times, drawn uniformly from blur_steps..blur_steps_max, so the
+    minibatch mixes region sizes; without it, the key is used exactly as before."""
 
-    def blur(_, m):
+    def blur(m):
         p = jnp.pad(m, ((0, 0), (1, 1), (0, 0)), mode="edge")
         m = 0.25 * p[:, :-2] + 0.5 * p[:, 1:-1] + 0.25 * p[:, 2:]
         p = jnp.pad(m, ((0, 0), (0, 0), (1, 1)), mode="edge")
         return 0.25 * p[:, :, :-2] + 0.5 * p[:, :, 1:-1] + 0.25 * p[:, :, 2:]
 
-    return jax.lax.fori_loop(0, int(blur_steps), blur, m)
+    if blur_steps_max is None:
+        m = jax.random.bernoulli(key, 0.5, shape_BxHxW).astype(jnp.float32)
+        return jax.lax.fori_loop(0, int(blur_steps), lambda _, m: blur(m), m)
+    bits_key, steps_key = jax.random.split(key)
+    m = jax.random.bernoulli(bits_key, 0.5, shape_BxHxW).astype(jnp.float32)
+    steps = jax.random.randint(steps_key, (shape_BxHxW[0], 1, 1), int(blur_steps),
+                               int(blur_steps_max) + 1)
+    return jax.lax.fori_loop(0, int(blur_steps_max),
+                             lambda i, m: jnp.where(i < steps, blur(m), m), m)
 
 
-def hybrid_mask(key, shape_BxHxW, blur_steps: int) -> jax.Array:
+def hybrid_mask(key, shape_BxHxW, blur_steps: int, blur_steps_max=None) -> jax.Array:
     """(B, H, W) float 0/1: the paper's mask, blurred_noise thresholded at 0.5."""
-    return (blurred_noise(key, shape_BxHxW, blur_steps) > 0.5).astype(jnp.float32)
+    return (blurred_noise(key, shape_BxHxW, blur_steps, blur_steps_max) > 0.5).astype(
+        jnp.float32)
 
 
 def partner(key, batch_size: int) -> jax.Array:
@@ -143,6 +153,7 @@ class _Hybrid:
     blur_steps: int
     partner: str
     count: int
+    blur_steps_max: int | None
     name = "hybrid"
 
     def __call__(self, key, batch: Minibatch, spec):
@@ -161,7 +172,8 @@ class _Hybrid:
     def _mix(self, key, images):
         """One negative per image (B, H, W, C): its own mask and partner."""
         mask_key, pair_key = jax.random.split(key)  # the same mask for either partner
-        mask = hybrid_mask(mask_key, images.shape[:3], self.blur_steps)[..., None]
+        mask = hybrid_mask(mask_key, images.shape[:3], self.blur_steps,
+                           self.blur_steps_max)[..., None]
         if self.partner == "nearest":
             pick = nearest_partner(images.reshape(images.shape[0], -1))
         else:
@@ -174,12 +186,13 @@ class _Masked:
     image_shape: tuple | None
     fraction: float
     blur_steps: int
+    blur_steps_max: int | None
     name = "masked"
 
     def __call__(self, key, batch: Minibatch, spec):
         del spec
         images = _as_images(batch.x, self.image_shape)
-        noise = blurred_noise(key, images.shape[:3], self.blur_steps)
+        noise = blurred_noise(key, images.shape[:3], self.blur_steps, self.blur_steps_max)
         # Zero each image's `fraction` of pixels where its blurred noise is highest:
         # contiguous patches covering that share of the image.
         flat = noise.reshape(noise.shape[0], -1)
@@ -188,8 +201,18 @@ class _Masked:
         return (images * keep).reshape(batch.x.shape)
 
 
+def _check_blur(blur_steps, blur_steps_max):
+    if int(blur_steps) < 0:
+        raise ValueError(f"blur_steps={blur_steps} must be >= 0.")
+    if blur_steps_max is not None and int(blur_steps_max) < int(blur_steps):
+        raise ValueError(f"blur_steps_max={blur_steps_max} must be at least "
+                         f"blur_steps ({blur_steps}), or None for blur_steps alone.")
+    return int(blur_steps), None if blur_steps_max is None else int(blur_steps_max)
+
+
 def hybrid(*, image_shape=None, blur_steps: int = HYBRID_BLUR_STEPS,
-           partner: str = HYBRID_PARTNER, count: int = HYBRID_COUNT) -> NegativeGenerator:
+           partner: str = HYBRID_PARTNER, count: int = HYBRID_COUNT,
+           blur_steps_max: int | None = None) -> NegativeGenerator:
     """The paper's unsupervised negatives: for each image a of the minibatch and another
     image b of it, a * mask + b * (1 - mask), with the mask of hybrid_mask. Uses no
     labels. image_shape (H, W, C) is needed for flat inputs (dense networks). partner
@@ -197,29 +220,30 @@ def hybrid(*, image_shape=None, blur_steps: int = HYBRID_BLUR_STEPS,
     shift further on) or "nearest" (its nearest other image in pixel space,
     nearest_partner). count is the number of negatives per positive, each with its own
     mask and (for "shift") its own partner, grouped by positive; the objective averages
-    over them, so more of them lower the variance of the negative term, not its weight."""
-    if int(blur_steps) < 0:
-        raise ValueError(f"blur_steps={blur_steps} must be >= 0.")
+    over them, so more of them lower the variance of the negative term, not its weight.
+    blur_steps_max (None: every mask blurred blur_steps times) draws each mask's blur
+    count from blur_steps..blur_steps_max, for negatives of several region sizes."""
+    blur_steps, blur_steps_max = _check_blur(blur_steps, blur_steps_max)
     if partner not in HYBRID_PARTNERS:
         raise ValueError(f"partner={partner!r}: choose one of {', '.join(HYBRID_PARTNERS)}.")
     if int(count) < 1:
         raise ValueError(f"count={count}: give at least one negative per positive.")
     shape = None if image_shape is None else tuple(int(s) for s in image_shape)
-    return NegativeGenerator(_Hybrid(shape, int(blur_steps), partner, int(count)),
+    return NegativeGenerator(_Hybrid(shape, blur_steps, partner, int(count), blur_steps_max),
                              uses_labels=False)
 
 
 def masked(*, image_shape=None, fraction: float = MASKED_FRACTION,
-           blur_steps: int = HYBRID_BLUR_STEPS) -> NegativeGenerator:
+           blur_steps: int = HYBRID_BLUR_STEPS,
+           blur_steps_max: int | None = None) -> NegativeGenerator:
     """The image with `fraction` of its pixels zeroed in contiguous patches (where its
     blurred noise is highest): "masking portions of the image", a weaker label-free
-    baseline than hybrid."""
+    baseline than hybrid. blur_steps_max as for hybrid."""
     if not 0 < float(fraction) < 1:
         raise ValueError(f"fraction={fraction} must be in (0, 1).")
-    if int(blur_steps) < 0:
-        raise ValueError(f"blur_steps={blur_steps} must be >= 0.")
+    blur_steps, blur_steps_max = _check_blur(blur_steps, blur_steps_max)
     shape = None if image_shape is None else tuple(int(s) for s in image_shape)
-    return NegativeGenerator(_Masked(shape, float(fraction), int(blur_steps)),
+    return NegativeGenerator(_Masked(shape, float(fraction), blur_steps, blur_steps_max),
                              uses_labels=False)
 
 

@@ -196,6 +196,11 @@ def _main(argv):
      "--hybrid-count 0: give at least 1 negative per positive"),
     (["--hybrid-count", "2"], "--hybrid-count 2: counts the mixtures of --negatives hybrid, "
                               "not the negatives of --negatives hard"),
+    (["--negatives", "hybrid", "--label-encoding", "none", "--mask-blur-steps", "2",
+      "--mask-blur-steps-max", "1"], "--mask-blur-steps-max 1: must be at least "
+                                     "--mask-blur-steps (2)"),
+    (["--mask-blur-steps-max", "3"], "--mask-blur-steps-max 3: sets the masks of "
+                                     "--negatives hybrid and masked, not of --negatives hard"),
 ])
 def test_bad_settings_give_one_line_and_exit_code_2(args, msg, tmp_path):
     code, err = _main([*args, "--out-dir", str(tmp_path / "x")])

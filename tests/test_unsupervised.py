@@ -33,6 +33,31 @@ def test_hybrid_mask_takes_half_the_pixels_in_contiguous_regions():
     assert share[1] > 0.7 and share[1] < share[2] < share[3]
 
 
+def test_masks_of_several_region_sizes_blur_each_image_its_own_number_of_times():
+    """blur_steps_max: each image's mask is the same random bits blurred k times, k drawn
+    per image from blur_steps..blur_steps_max (every k turns up in a minibatch), so the
+    minibatch holds regions of several sizes; a maximum below the minimum is refused."""
+    shape = (64, 28, 28)
+    mixed = np.asarray(negatives.hybrid_mask(jax.random.key(7), shape, 0, 3))
+    # blur_steps == blur_steps_max: every image blurred exactly that often, same bits.
+    fixed = [np.asarray(negatives.hybrid_mask(jax.random.key(7), shape, k, k))
+             for k in range(4)]
+    picks = [[k for k in range(4) if np.array_equal(mixed[i], fixed[k][i])]
+             for i in range(shape[0])]
+    assert all(picks), "an image's mask is not its bits blurred 0-3 times"
+    assert {p[0] for p in picks} == {0, 1, 2, 3}
+    share = [_neighbours_equal(fixed[k]) for k in range(4)]
+    assert share[0] < _neighbours_equal(mixed) < share[3]
+    gen = negatives.hybrid(image_shape=(28, 28, 1), blur_steps=1, blur_steps_max=3)
+    x = jax.random.uniform(jax.random.key(0), (16, 784))
+    neg = gen.generate(jax.random.key(3), Minibatch(x, jnp.zeros(16, jnp.int32)), None)
+    assert neg.shape == x.shape and bool(jnp.all(jnp.isfinite(neg)))
+    with pytest.raises(ValueError, match="blur_steps_max=1 must be at least blur_steps"):
+        negatives.hybrid(blur_steps=2, blur_steps_max=1)
+    with pytest.raises(ValueError, match="blur_steps_max=0 must be at least blur_steps"):
+        negatives.masked(blur_steps=1, blur_steps_max=0)
+
+
 def test_a_hybrid_negative_is_exactly_the_mixture_of_two_different_images():
     x = jax.random.uniform(jax.random.key(0), (16, 28 * 28))
     gen = negatives.hybrid(image_shape=(28, 28, 1), blur_steps=6)
