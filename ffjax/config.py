@@ -37,7 +37,8 @@ class Config:
     lr: float = _field(_OPT.lr, "peak learning rate (with --lr-scaling fan_in: of a layer "
                                 "with 1000 inputs)")
     lr_scaling: str = _field(_OPT.lr_scaling, "fan_in: a layer with n inputs uses lr*1000/n "
-                                              "(use with adam); none: lr for every layer")
+                                              "(evens out the step across widths); none: "
+                                              "lr for every layer")
     optimizer: str = _field(_OPT.name, "optimizer of every layer and of the readout: "
                                        f"{', '.join(optim.OPTIMIZERS)}")
     lr_decay: bool = _field(_OPT.lr_decay, "constant lr for half the run, then linear "

@@ -141,7 +141,10 @@ def layer_learning_rates(lr: float, fan_ins, *, scaling: str = "fan_in") -> tupl
     With scaling="fan_in", a layer with n inputs gets lr * 1000 / n. An Adam step moves
     every weight by about lr, so a unit's pre-activation moves by about lr times its
     fan-in, so without this scaling wide layers take larger steps than narrow ones and
-    their units die early (docs/recipe.md has the ablation). "none": lr everywhere.
+    their units die early (docs/recipe.md has the ablation). An SGD step moves a unit's
+    pre-activation by lr times its gradient times |x|^2, and RMS-normalized inputs have
+    |x|^2 = n, so the same scaling evens out SGD's steps across widths as well (the
+    reference recipe, tuned on 784-1000-1000, uses "none"). "none": lr everywhere.
     """
     if scaling not in LR_SCALINGS:
         raise ValueError(f"lr scaling {scaling!r} is not known; choose one of {LR_SCALINGS}.")
