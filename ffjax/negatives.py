@@ -99,7 +99,8 @@ def blurred_noise(key, shape_BxHxW, blur_steps: int, blur_steps_max=None) -> jax
     treated alike). Thresholded at 0.5 it is the paper's mask: about half the pixels,
     in regions that grow with blur_steps. With blur_steps_max, each image is blurred its
     own number of times, drawn uniformly from blur_steps..blur_steps_max, so the
-    minibatch mixes region sizes; without it, the key is used exactly as before."""
+    minibatch mixes region sizes. Without it the key draws the bits alone, so a run's
+    masks do not depend on whether the option exists (records and resumes stay exact)."""
 
     def blur(m):
         p = jnp.pad(m, ((0, 0), (1, 1), (0, 0)), mode="edge")
