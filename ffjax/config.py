@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import math
 import re
 import sys
 import typing
 
-from ffjax import data, encodings, layers, negatives, objective, optim, record
+from ffjax import data, encodings, epoch, layers, negatives, objective, optim, record
 from ffjax.driver import SCHEDULES
 from ffjax.spec import FFSpec
 
@@ -72,7 +73,8 @@ class Config:
     label_encoding: str = _field(_SPEC.label_encoding, "how the label enters the input: "
                                  "first_features (the first C features are overwritten), "
                                  "channels (C label channels appended to the image; conv "
-                                 "and local networks), none")
+                                 "and local networks), none, or one a module added to "
+                                 "ffjax.encodings.ENCODINGS")
     label_strength: float = _field(_SPEC.label_strength, "value of the one-hot label")
     schedule: str = _field("simultaneous", "simultaneous: every layer on every minibatch; "
                                            "greedy: layer by layer, epochs split equally")
@@ -86,6 +88,11 @@ class Config:
                                              "with contiguous patches zeroed; no labels), "
                                              "none (for the class-group objective), or one "
                                              "a module added to ffjax.negatives.GENERATORS")
+    plugins: typing.Tuple[str, ...] = _field(
+        (), "Python modules to import before the settings are read, e.g. ones that add "
+            "to ffjax.negatives.GENERATORS or ffjax.encodings.ENCODINGS (their names then "
+            "work as --negatives and --label-encoding); saved with the run, so --resume "
+            "imports them again")
     mask_blur_steps: int = _field(_MASK[0].blur_steps, "how often the random mask of "
                                   "--negatives hybrid and masked is blurred with [1/4, 1/2, "
                                   "1/4] along each axis (more: larger regions)")
@@ -358,10 +365,30 @@ def parse_config_with(argv, defaults: Config, description: str = "",
     return dataclasses.replace(defaults, **values), extras
 
 
+def load_plugins(cfg: Config) -> None:
+    """Imports the modules of --plugins (each once; Python caches them), so what they add
+    to ffjax's registries is there before a name is looked up."""
+    for name in cfg.plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UsageError(f"--plugins {name}: cannot import it ({e}); give a module on "
+                             "the Python path, e.g. experiments.self_contrastive.") from None
+
+
+def _encoding(cfg: Config):
+    """--label-encoding's object (10 classes: the checks read what kind it is, not C)."""
+    return encodings.make_encoding(cfg.label_encoding, num_classes=10,
+                                   strength=cfg.label_strength)
+
+
 def check_config(cfg: Config) -> None:
-    """Rejects impossible settings before any data is loaded or anything compiled."""
+    """Rejects impossible settings before any data is loaded or anything compiled (after
+    importing --plugins, whose names it then knows)."""
     def bad(msg):
         raise UsageError(msg)
+
+    load_plugins(cfg)
 
     for f in dataclasses.fields(Config):
         v = getattr(cfg, f.name)
@@ -412,15 +439,15 @@ def check_config(cfg: Config) -> None:
         bad(f"--validation-size {cfg.validation_size}: must be >= 0.")
     if cfg.seeds < 1:
         bad(f"--seeds {cfg.seeds}: must be >= 1.")
-    if cfg.label_encoding == "none" and cfg.objective != "group_softmax":
+    if not _encoding(cfg).carries_label and cfg.objective != "group_softmax":
         if not cfg.readout:
-            bad("--no-readout: with --label-encoding none the softmax readout is the "
-                "prediction (the goodness readout needs a label in the input); keep "
-                "--readout.")
+            bad(f"--no-readout: with --label-encoding {cfg.label_encoding} (no label) the "
+                "softmax readout is the prediction (the goodness readout needs a label in "
+                "the input); keep --readout.")
         if cfg.score_layers is not None:
-            bad("--score-layers: the goodness readout needs a label in the input; with "
-                "--label-encoding none the softmax readout predicts (choose its layers "
-                "with --readout-layers).")
+            bad(f"--score-layers: the goodness readout needs a label in the input; with "
+                f"--label-encoding {cfg.label_encoding} (no label) the softmax readout "
+                "predicts (choose its layers with --readout-layers).")
     if cfg.mask_blur_steps < 0:
         bad(f"--mask-blur-steps {cfg.mask_blur_steps}: must be >= 0.")
     if cfg.mask_blur_steps_max is not None:
@@ -459,7 +486,8 @@ def check_config(cfg: Config) -> None:
     if cfg.preset is not None and cfg.preset not in PRESETS:
         bad(f"--preset {cfg.preset}: unknown; choose one of {', '.join(PRESETS)}.")
     try:
-        spec_of(cfg, 10, data.IMAGE_SHAPES.get(data.canonical_name(cfg.dataset)))
+        spec = spec_of(cfg, 10, data.IMAGE_SHAPES.get(data.canonical_name(cfg.dataset)))
+        epoch.check_negatives(spec, cfg.batch_size)
         optimizer_of(cfg)
     except ValueError as e:  # the specs' own checks, phrased as flags
         msg = re.sub(r"^block \d+ \((\S+)\): ", r"--hidden \1: ", str(e))
@@ -482,9 +510,9 @@ def score_layers(cfg: Config) -> tuple:
 
 def takes_images(cfg: Config) -> bool:
     """Whether the network reads (H, W, C) images rather than flat feature vectors: its
-    first block needs them (conv, local) or the label comes as image channels."""
+    first block needs them (conv, local) or its label encoding does (channels)."""
     first = layers.parse_block(cfg.hidden[0])
-    return getattr(first, "in_rank", None) == 3 or cfg.label_encoding == "channels"
+    return 3 in (getattr(first, "in_rank", None), getattr(_encoding(cfg), "in_rank", None))
 
 
 def input_shape_of(cfg: Config, image_shape) -> tuple | None:
@@ -497,7 +525,9 @@ def input_shape_of(cfg: Config, image_shape) -> tuple | None:
 
 def spec_of(cfg: Config, num_classes: int, image_shape=None) -> FFSpec:
     """The model and objective that `cfg` describes, for `num_classes` classes and
-    images of shape `image_shape` (H, W, C) (needed for conv and local blocks)."""
+    images of shape `image_shape` (H, W, C) (needed for conv and local blocks). Imports
+    --plugins first, so the names they add are known."""
+    load_plugins(cfg)
     return FFSpec(
         hidden=tuple(cfg.hidden), input_shape=input_shape_of(cfg, image_shape),
         num_classes=num_classes, label_encoding=cfg.label_encoding,

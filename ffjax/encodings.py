@@ -9,8 +9,11 @@ A label encoding is any object with
                                    ValueError when the input cannot hold the label
     carries_label: bool            False for an encoding that gives no label at all
 
-x holds float features scaled to [0, 1] (labels.to_float). The built-ins are frozen
-dataclasses; FFSpec(label_encoding=...) takes one of their names or your own object.
+x holds float features scaled to [0, 1] (labels.to_float). An encoding may also set
+`in_rank = 3` when it needs image inputs (H, W, C). The built-ins are frozen
+dataclasses; FFSpec(label_encoding=...) takes a name of ENCODINGS or your own object.
+ENCODINGS maps each name to a factory called as factory(num_classes=C, strength=s); a
+module that adds an entry makes its encoding a --label-encoding choice (--plugins).
 """
 
 from __future__ import annotations
@@ -22,9 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from ffjax import labels
-
-ENCODINGS = ("first_features", "channels", "none")
-
 
 @dataclasses.dataclass(frozen=True)
 class FirstFeatures:
@@ -65,6 +65,7 @@ class Channels:
     num_classes: int
     strength: float
     carries_label = True
+    in_rank = 3  # image inputs: the label planes are appended as channels
 
     def _append(self, x, planes_BxC):
         planes = jnp.broadcast_to(planes_BxC[:, None, None, :].astype(x.dtype),
@@ -103,13 +104,26 @@ class NoLabel:
         return tuple(in_shape)
 
 
+def _no_label(*, num_classes: int, strength: float) -> NoLabel:
+    del num_classes, strength  # no label is written
+    return NoLabel()
+
+
+ENCODINGS = {
+    "first_features": lambda *, num_classes, strength: FirstFeatures(int(num_classes),
+                                                                     float(strength)),
+    "channels": lambda *, num_classes, strength: Channels(int(num_classes), float(strength)),
+    "none": _no_label,
+}
+"""By name, for FFSpec(label_encoding=...) and --label-encoding: factories called as
+factory(num_classes=C, strength=s). Read at each use, so an entry a module adds is a
+choice from then on."""
+
+
 def make_encoding(name: str, *, num_classes: int, strength: float):
-    """The built-in encoding `name` (ENCODINGS) for C classes at label strength."""
-    if name == "first_features":
-        return FirstFeatures(int(num_classes), float(strength))
-    if name == "channels":
-        return Channels(int(num_classes), float(strength))
-    if name == "none":
-        return NoLabel()
-    raise ValueError(f"label_encoding={name!r} is not known; choose one of {ENCODINGS} or "
-                     "pass your own object (embed, neutral, encoded_shape, carries_label).")
+    """The encoding registered as `name` in ENCODINGS, for C classes at label strength."""
+    if name not in ENCODINGS:
+        raise ValueError(f"label_encoding={name!r} is not known; choose one of "
+                         f"{tuple(ENCODINGS)} or pass your own object (embed, neutral, "
+                         "encoded_shape, carries_label).")
+    return ENCODINGS[name](num_classes=num_classes, strength=strength)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from ffjax import labels, layers, network, objective, readout
+from ffjax import negatives as negatives_lib
 from ffjax.negatives import Minibatch, with_labels
 from ffjax.spec import FFSpec
 
@@ -333,6 +334,7 @@ def make_train_step(spec: FFSpec, optimizer,
         else:
             x_neg = generator.generate(key, Minibatch(x, y, logits), spec)
         x_pos = spec.encoding.embed(x, y)
+        _check_negatives(x_pos, x_neg, spec)
         st, layer_metrics = train_step(st, x_pos, x_neg, spec, optimizer=optimizer,
                                        thetas=thetas, trainable=trainable, y=y)
         read_metrics = None
@@ -345,6 +347,44 @@ def make_train_step(spec: FFSpec, optimizer,
         return st, StepMetrics(layer_metrics, read_metrics)
 
     return step
+
+
+def _check_negatives(x_pos, x_neg, spec: FFSpec) -> None:
+    """Refuses, at trace time, negatives the layers cannot read beside the positives:
+    each must have an encoded positive's shape, and there must be a whole number of them
+    per positive."""
+    name = negatives_lib.name_of(spec.negatives)
+    enc = spec.label_encoding
+    enc = enc if isinstance(enc, str) else type(enc).__name__
+    if x_neg.shape[0] and x_neg.shape[1:] != x_pos.shape[1:]:
+        raise ValueError(
+            f"negatives {name!r} made examples of shape {tuple(x_neg.shape[1:])}, but "
+            f"label_encoding {enc!r} makes positives of shape {tuple(x_pos.shape[1:])}: a "
+            "generator returns inputs encoded as the spec's label encoding encodes them; "
+            "choose the encoding the generator is made for.")
+    if x_neg.shape[0] % x_pos.shape[0]:
+        raise ValueError(f"negatives {name!r} made {x_neg.shape[0]} negatives for "
+                         f"{x_pos.shape[0]} positives: a generator returns a whole number "
+                         "of negatives per positive, grouped by positive.")
+
+
+def check_negatives(spec: FFSpec, batch_size: int) -> None:
+    """_check_negatives on shapes alone (jax.eval_shape: nothing is computed), for a
+    minibatch of batch_size inputs of spec.input_shape: the command line calls it before
+    a run starts, so a generator and an encoding that do not fit are refused at once."""
+    if spec.input_shape is None:
+        return
+    b = int(batch_size)
+    x = jax.ShapeDtypeStruct((b,) + tuple(spec.input_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((b,), jnp.int32)
+    logits = jax.ShapeDtypeStruct((b, spec.num_classes), jnp.float32)
+    gen = spec.negative_generator
+
+    def both(key, x, y, logits):
+        return spec.encoding.embed(x, y), gen.generate(key, Minibatch(x, y, logits), spec)
+
+    x_pos, x_neg = jax.eval_shape(both, jax.random.key(0), x, y, logits)
+    _check_negatives(x_pos, x_neg, spec)
 
 
 def make_train_epoch(spec: FFSpec, optimizer,

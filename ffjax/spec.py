@@ -131,7 +131,7 @@ class FFSpec:
         elif not all(hasattr(self.label_encoding, n) for n in (
                 "embed", "neutral", "encoded_shape", "carries_label")):
             raise ValueError(f"label_encoding={self.label_encoding!r} must be one of "
-                             f"{encodings.ENCODINGS} or an object with embed, neutral, "
+                             f"{tuple(encodings.ENCODINGS)} or an object with embed, neutral, "
                              "encoded_shape and carries_label (ffjax.encodings).")
         gen, neg = negatives_lib.resolve(self.negatives), negatives_lib.name_of(self.negatives)
         self._check_objective_kind(gen, neg)
