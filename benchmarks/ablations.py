@@ -409,6 +409,13 @@ ROWS += [("unsupervised, round 16", f"mask blur {lo}-{hi}, 3 seeds, 30 epochs",
           [*HYBRID_30, "--mask-blur-steps", lo, "--mask-blur-steps-max", hi, "--seeds", "3"])
          for lo, hi in [("1", "3"), ("0", "3")]]
 
+# Unsupervised, pair negatives (10 epochs, as the blur table): another label-free kind of
+# negative data, added by a plugin module (experiments/self_contrastive.py): an image
+# beside itself is positive, an image beside another image negative.
+ROWS += [("unsupervised, pair", "pair negatives (--plugins experiments.self_contrastive)",
+          ["--hidden", "1000", "1000", "--epochs", "10", "--plugins",
+           "experiments.self_contrastive", "--label-encoding", "pair", "--negatives", "pair"])]
+
 
 def run_flags(flags):
     """The entry point's flags for a row: every row is scored on the validation split."""
