@@ -40,6 +40,7 @@ class Refit:
     label_smoothing: float
     batch_size: int
     seed: int
+    standardize: bool  # each feature to zero mean, unit variance on the training split
 
 
 def load_run(run_dir, data_dir=None):
@@ -99,8 +100,12 @@ def _accuracy(rparams, x, y) -> float:
 def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classes: int):
     """(validation accuracy after each epoch, final training accuracy) of a linear
     softmax on the concatenated features of `how.layers`."""
-    x = jnp.asarray(np.concatenate([feats_fit[i] for i in how.layers], 1))
+    x = np.concatenate([feats_fit[i] for i in how.layers], 1)
     xv = np.concatenate([feats_val[i] for i in how.layers], 1)
+    if how.standardize:  # the training split's statistics for both splits
+        mean, std = x.mean(0), x.std(0) + 1e-3  # (+1e-3: units that never fire stay 0)
+        x, xv = (x - mean) / std, (xv - mean) / std
+    x = jnp.asarray(x)
     y = jnp.asarray(y_fit)
     steps = len(y_fit) // how.batch_size
     opt = optax.chain(optax.add_decayed_weights(how.weight_decay),
@@ -154,6 +159,9 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--batch-size", type=_positive(int), default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--standardize", action="store_true",
+                   help="scale each feature to zero mean and unit variance (statistics of "
+                        "the training split) before fitting; try a smaller --lr with it")
     p.add_argument("--out", default=None, help="the record's path")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p.parse_args(argv)
@@ -175,7 +183,7 @@ def run(args) -> dict:
         raise UsageError(f"--batch-size {args.batch_size} is larger than the training "
                          f"split ({len(split.y_fit)} examples).")
     how = Refit(layers, args.epochs, args.lr, args.momentum, args.weight_decay,
-                args.label_smoothing, args.batch_size, args.seed)
+                args.label_smoothing, args.batch_size, args.seed, args.standardize)
     params = tuple(layer.params for layer in state.layers)
     feats_fit = layer_features(params, split.x_fit, spec)
     feats_val = layer_features(params, split.x_val, spec)

@@ -95,3 +95,24 @@ def test_every_ablation_row_is_a_valid_command():
         shape = data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)]
         spec = config.spec_of(cfg, 10, shape)
         assert len(spec.hidden) == len(cfg.hidden), (question, label)
+
+
+def test_a_standardized_refit_is_the_plain_refit_of_standardized_features():
+    """--standardize scales every feature with the training split's mean and std, the
+    same for the validation split, and changes nothing else."""
+    import dataclasses
+
+    import numpy as np
+    from benchmarks import refit_readout
+    rng = np.random.default_rng(0)
+    fit = [rng.exponential(size=(300, 6)).astype(np.float32) * [1, 10, 0.1, 1, 5, 0]]
+    val = [rng.exponential(size=(100, 6)).astype(np.float32) * [1, 10, 0.1, 1, 5, 0]]
+    y_fit, y_val = rng.integers(0, 3, 300), rng.integers(0, 3, 100)
+    how = refit_readout.Refit(layers=(0,), epochs=2, lr=0.05, momentum=0.9,
+                              weight_decay=0.0, label_smoothing=0.0, batch_size=50, seed=0,
+                              standardize=True)
+    mean, std = fit[0].mean(0), fit[0].std(0) + 1e-3
+    scaled = refit_readout.refit(fit, y_fit, val, y_val, how, 3)
+    by_hand = refit_readout.refit([(fit[0] - mean) / std], y_fit, [(val[0] - mean) / std],
+                                  y_val, dataclasses.replace(how, standardize=False), 3)
+    assert scaled == by_hand
