@@ -371,7 +371,8 @@ def _check_negatives(x_pos, x_neg, spec: FFSpec) -> None:
 def check_negatives(spec: FFSpec, batch_size: int) -> None:
     """_check_negatives on shapes alone (jax.eval_shape: nothing is computed), for a
     minibatch of batch_size inputs of spec.input_shape: the command line calls it before
-    a run starts, so a generator and an encoding that do not fit are refused at once."""
+    the run directory is made, so a generator and an encoding that do not fit are
+    refused at once."""
     if spec.input_shape is None:
         return
     b = int(batch_size)

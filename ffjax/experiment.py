@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ffjax import checkpoint, config, data, driver, inference, objective, parallel, record
 from ffjax.config import (Config, UsageError, check_config, optimizer_of, parse_config,
                           spec_of)
-from ffjax.epoch import params_of
+from ffjax.epoch import check_negatives, params_of
 from ffjax.spec import FFSpec
 
 __all__ = ["Config", "run", "main", "guarded", "TrainingStopped"]
@@ -375,6 +375,9 @@ def run(cfg: Config) -> dict:
     put = jax.device_put if mesh is None else (lambda a: parallel.replicate(a, mesh))
     ds = data.load(cfg.dataset, cfg.data_dir)
     spec = spec_of(cfg, ds.num_classes, data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)])
+    # Shapes alone, before the run directory is made (check_config leaves JAX untouched:
+    # a multi-process run initializes it above).
+    check_negatives(spec, cfg.batch_size)
     ds = data.reshaped(ds, spec.input_shape)
     split = training_split(cfg, ds)
     rec, ckpts, start_epoch = open_record(cfg)

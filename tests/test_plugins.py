@@ -83,11 +83,18 @@ def test_an_unknown_plugin_is_refused_in_one_line(fresh_registries):
         _cfg(["--plugins", "no_such_module", "--hidden", "8"])
 
 
-def test_negatives_that_do_not_fit_the_encoding_are_refused(fresh_registries):
-    # On the command line: before the run starts (shapes alone are traced).
-    with pytest.raises(UsageError, match=r"negatives 'pair' made examples of shape \(1568,\)"):
-        _cfg(["--plugins", PLUGIN, "--label-encoding", "none", "--negatives", "pair",
-              "--hidden", "8"])
+def test_negatives_that_do_not_fit_the_encoding_are_refused(fresh_registries, data_dir,
+                                                             tmp_path, capsys):
+    from experiments import mnist
+    from ffjax import experiment
+    # On the command line: in one line, before the run directory is made.
+    out = tmp_path / "run"
+    assert experiment.main(mnist.DEFAULTS, "t", [
+        "--data-dir", str(data_dir), "--plugins", PLUGIN, "--label-encoding", "none",
+        "--negatives", "pair", "--hidden", "8", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: negatives 'pair' made examples of shape (1568,)")
+    assert "\n" not in err and not out.exists()
     # In the library: when the step is traced, never a shape error from inside JAX.
     halves = negatives.NegativeGenerator(lambda key, batch, spec: batch.x[:, :392],
                                          uses_labels=False)
