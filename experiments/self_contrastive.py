@@ -36,7 +36,7 @@ class Pair:
         return jnp.concatenate([x, x], axis=-1)
 
     def neutral(self, x):
-        return jnp.concatenate([x, x], axis=-1)
+        return self.embed(x, None)
 
     def encoded_shape(self, in_shape):
         return tuple(in_shape[:-1]) + (2 * in_shape[-1],)

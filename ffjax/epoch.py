@@ -354,9 +354,9 @@ def _check_negatives(x_pos, x_neg, spec: FFSpec) -> None:
     each must have an encoded positive's shape, and there must be a whole number of them
     per positive."""
     name = negatives_lib.name_of(spec.negatives)
-    enc = spec.label_encoding
-    enc = enc if isinstance(enc, str) else type(enc).__name__
     if x_neg.shape[0] and x_neg.shape[1:] != x_pos.shape[1:]:
+        enc = spec.label_encoding
+        enc = enc if isinstance(enc, str) else type(enc).__name__
         raise ValueError(
             f"negatives {name!r} made examples of shape {tuple(x_neg.shape[1:])}, but "
             f"label_encoding {enc!r} makes positives of shape {tuple(x_pos.shape[1:])}: a "
