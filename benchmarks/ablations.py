@@ -409,6 +409,14 @@ ROWS += [("unsupervised, round 16", f"mask blur {lo}-{hi}, 3 seeds, 30 epochs",
           [*HYBRID_30, "--mask-blur-steps", lo, "--mask-blur-steps-max", hi, "--seeds", "3"])
          for lo, hi in [("1", "3"), ("0", "3")]]
 
+# Unsupervised, round 17 (784-1000-1000, 30 epochs, 3 seeds): label-free hard negatives.
+# K hybrids per image, and each layer's logistic scores a positive against the one of its
+# K that the layer finds most data-like (--objective hardest); round 12 averaged over the
+# K instead and changed nothing.
+ROWS += [("unsupervised, round 17", f"hardest of {k} hybrids, 3 seeds, 30 epochs",
+          [*HYBRID_30, "--objective", "hardest", "--hybrid-count", k, "--seeds", "3"])
+         for k in ("2", "4")]
+
 # Unsupervised, pair negatives (10 epochs, as the blur table): another label-free kind of
 # negative data, added by a plugin module (experiments/self_contrastive.py): an image
 # beside itself is positive, an image beside another image negative.

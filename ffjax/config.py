@@ -63,8 +63,8 @@ class Config:
                                              f"{', '.join(objective.OBJECTIVES)} (the "
                                              "class-group group_softmax needs "
                                              "--label-encoding none --negatives none)")
-    temperature: float = _field(_SPEC.temperature, "temperature of the logistic and "
-                                                   "collaborative objectives: p = "
+    temperature: float = _field(_SPEC.temperature, "temperature of the logistic, "
+                                                   "hardest and collaborative objectives: p = "
                                                    "sigmoid((G - theta) / T)")
     symba_alpha: float = _field(_SPEC.symba_alpha, "alpha of the symba objective")
     loss_scale: float = _field(_SPEC.loss_scale, "multiplies every layer's FF loss (0.5: the "

@@ -98,8 +98,21 @@ def collaborative(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
             + jnp.mean(jax.nn.softplus(totals(g_neg_LxM)), axis=-1))
 
 
+def hardest(g_pos_LxB: jax.Array, g_neg_LxM: jax.Array, thetas_L, *,
+            temperature: float = 1.0) -> jax.Array:
+    """The threshold logistic with each positive's negatives represented by the hardest
+    of them: mean softplus((theta - G_pos) / T) + mean over positives of
+    softplus((max_k G_neg_k - theta) / T), where k runs over that positive's K negatives.
+    A layer then learns from the negatives it mistakes most for data, as hard (wrong
+    label) negatives do in supervised FF, without using labels; the gradient reaches the
+    hardest negative of each positive alone. With one negative per positive it is the
+    logistic. Returns (L,)."""
+    neg = jnp.max(_per_positive(g_neg_LxM, g_pos_LxB.shape[-1]), axis=-1)  # (L, B)
+    return logistic(g_pos_LxB, neg, thetas_L, temperature=temperature)
+
+
 Objective = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-OBJECTIVES = ("logistic", "symba", "collaborative", "group_softmax")
+OBJECTIVES = ("logistic", "symba", "collaborative", "hardest", "group_softmax")
 
 
 def group_goodness(h: jax.Array, num_classes: int) -> jax.Array:
@@ -165,7 +178,8 @@ def make_objective(name: str = "logistic", **settings) -> Objective:
     make_objective("symba", alpha=4.0); "group_softmax" gives a GroupObjective."""
     if name == "group_softmax":
         return group_softmax(**settings) if settings else group_softmax(temperature=1.0)
-    fns = {"logistic": logistic, "symba": symba, "collaborative": collaborative}
+    fns = {"logistic": logistic, "symba": symba, "collaborative": collaborative,
+           "hardest": hardest}
     if name not in fns:
         raise ValueError(f"objective {name!r} is not known; choose one of {OBJECTIVES} "
                          "or pass your own function (see docs/objectives.md).")

@@ -54,11 +54,11 @@ class FFSpec:
       norm: "rms", "rms_ref" (the reference code's epsilon) or "l2" (layers.normalize).
       theta: goodness threshold(s): None = each layer's number of units, one number, or
         one per layer.
-      objective: "logistic", "symba", "collaborative", your own function
+      objective: "logistic", "symba", "collaborative", "hardest", your own function
         (g_pos_LxB, g_neg_LxM, thetas_L) -> (L,) (ffjax.objective), or a class-group
         objective: "group_softmax" or an objective.GroupObjective (with
         label_encoding="none" and negatives="none").
-      temperature: of the logistic and collaborative objectives.
+      temperature: of the logistic, hardest and collaborative objectives.
       symba_alpha: alpha of the symba objective.
       loss_scale: multiplies every layer's objective (0.5: the reference code's step).
       negatives: "uniform", "hard" (from the softmax readout; trains it), "all", the

@@ -68,6 +68,25 @@ def test_symba_pairs_each_positive_with_its_own_negatives():
         objective.symba(g_pos, g_neg[:, :3], jnp.array([2.0]))
 
 
+def test_hardest_scores_each_positive_against_its_highest_goodness_negative():
+    g_pos = jnp.array([[10.0, 20.0], [3.0, 1.0]])
+    g_neg = jnp.array([[4.0, 30.0, 18.0, 12.0], [2.0, 0.5, 5.0, 6.0]])  # 2 per positive
+    thetas = jnp.array([15.0, 2.0])
+    got = objective.hardest(g_pos, g_neg, thetas, temperature=2.0)
+    want = objective.logistic(g_pos, jnp.array([[30.0, 18.0], [2.0, 6.0]]), thetas,
+                              temperature=2.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # the gradient reaches each positive's hardest negative and no other one
+    grad = jax.grad(lambda g: objective.hardest(g_pos, g, thetas)[0])(g_neg)
+    assert np.array_equal(np.asarray(grad != 0), [[False, True, True, False],
+                                                  [False, False, False, False]])
+    # with one negative per positive it is the logistic
+    np.testing.assert_allclose(objective.hardest(g_pos, g_neg[:, :2], thetas),
+                               objective.logistic(g_pos, g_neg[:, :2], thetas), rtol=1e-6)
+    with pytest.raises(ValueError, match="paired"):
+        objective.hardest(g_pos, g_neg[:, :3], thetas)
+
+
 def test_collaborative_reads_the_whole_network_margin():
     g_pos, g_neg, thetas = _goodness(2, 3, 4), _goodness(3, 3, 4), jnp.array([15.0] * 3)
     got = objective.collaborative(g_pos, g_neg, thetas)
