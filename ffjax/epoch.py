@@ -352,7 +352,7 @@ def make_train_step(spec: FFSpec, optimizer,
 def _check_negatives(x_pos, x_neg, spec: FFSpec) -> None:
     """Refuses, at trace time, negatives the layers cannot read beside the positives:
     each must have an encoded positive's shape, and there must be a whole number of them
-    per positive."""
+    per positive (more than one for the objective that picks the hardest of them)."""
     name = negatives_lib.name_of(spec.negatives)
     if x_neg.shape[0] and x_neg.shape[1:] != x_pos.shape[1:]:
         enc = spec.label_encoding
@@ -366,6 +366,11 @@ def _check_negatives(x_pos, x_neg, spec: FFSpec) -> None:
         raise ValueError(f"negatives {name!r} made {x_neg.shape[0]} negatives for "
                          f"{x_pos.shape[0]} positives: a generator returns a whole number "
                          "of negatives per positive, grouped by positive.")
+    if spec.objective == "hardest" and x_neg.shape[0] == x_pos.shape[0]:
+        raise ValueError(f"objective 'hardest' scores each positive against the hardest of "
+                         f"its negatives, but negatives {name!r} made one per positive, so "
+                         "it would be the logistic: make several per positive (e.g. "
+                         "--hybrid-count 4) or use objective 'logistic'.")
 
 
 def check_negatives(spec: FFSpec, batch_size: int) -> None:

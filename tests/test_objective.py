@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ffjax
 from ffjax import objective
 
 
@@ -85,6 +86,15 @@ def test_hardest_scores_each_positive_against_its_highest_goodness_negative():
                                objective.logistic(g_pos, g_neg[:, :2], thetas), rtol=1e-6)
     with pytest.raises(ValueError, match="paired"):
         objective.hardest(g_pos, g_neg[:, :3], thetas)
+
+
+def test_hardest_with_one_negative_per_positive_is_refused():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 20)).astype(np.uint8)
+    y = rng.integers(0, 4, size=40)
+    spec = ffjax.FFSpec(hidden=(8,), num_classes=4, objective="hardest")  # uniform: 1 each
+    with pytest.raises(ValueError, match="objective 'hardest' .* made one per positive"):
+        ffjax.fit(jax.random.key(0), x, y, spec, epochs=1, batch_size=20)
 
 
 def test_collaborative_reads_the_whole_network_margin():
