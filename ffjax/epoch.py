@@ -366,7 +366,8 @@ def _check_negatives(x_pos, x_neg, spec: FFSpec) -> None:
         raise ValueError(f"negatives {name!r} made {x_neg.shape[0]} negatives for "
                          f"{x_pos.shape[0]} positives: a generator returns a whole number "
                          "of negatives per positive, grouped by positive.")
-    if spec.objective == "hardest" and x_neg.shape[0] == x_pos.shape[0]:
+    if (getattr(spec.objective_fn(), "fn", None) is objective.hardest
+            and x_neg.shape[0] == x_pos.shape[0]):
         raise ValueError(f"objective 'hardest' scores each positive against the hardest of "
                          f"its negatives, but negatives {name!r} made one per positive, so "
                          "it would be the logistic: make several per positive (e.g. "

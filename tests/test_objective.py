@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,8 +95,10 @@ def test_hardest_with_one_negative_per_positive_is_refused():
     x = rng.integers(0, 256, size=(40, 20)).astype(np.uint8)
     y = rng.integers(0, 4, size=40)
     spec = ffjax.FFSpec(hidden=(8,), num_classes=4, objective="hardest")  # uniform: 1 each
-    with pytest.raises(ValueError, match="objective 'hardest' .* made one per positive"):
-        ffjax.fit(jax.random.key(0), x, y, spec, epochs=1, batch_size=20)
+    for spec in (spec, dataclasses.replace(spec, objective=objective.make_objective(
+            "hardest", temperature=2.0))):  # by name or as a function
+        with pytest.raises(ValueError, match="objective 'hardest' .* made one per positive"):
+            ffjax.fit(jax.random.key(0), x, y, spec, epochs=1, batch_size=20)
 
 
 def test_collaborative_reads_the_whole_network_margin():
