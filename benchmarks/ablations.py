@@ -417,6 +417,13 @@ ROWS += [("unsupervised, round 17", f"hardest of {k} hybrids, 3 seeds, 30 epochs
           [*HYBRID_30, "--objective", "hardest", "--hybrid-count", k, "--seeds", "3"])
          for k in ("2", "4")]
 
+# Unsupervised, round 18 (784-1000-1000, 30 epochs, 3 seeds): dropout of hidden units in
+# what the next layer trains on (--hidden-dropout), a regularizer of the features rather
+# than of the negatives or the update, which rounds 1-17 varied. 0.5 is the usual rate for
+# wide hidden layers, 0.2 a milder one.
+ROWS += [("unsupervised, round 18", f"hidden dropout {p}, 3 seeds, 30 epochs",
+          [*HYBRID_30, "--hidden-dropout", p, "--seeds", "3"]) for p in ("0.2", "0.5")]
+
 # Unsupervised, pair negatives (10 epochs, as the blur table): another label-free kind of
 # negative data, added by a plugin module (experiments/self_contrastive.py): an image
 # beside itself is positive, an image beside another image negative.

@@ -116,6 +116,9 @@ class Config:
                                  "channels; conv and local layers)")
     input_noise: float = _field(_SPEC.input_noise, "std of Gaussian noise added to the "
                                                    "[0, 1]-scaled training inputs (0: none)")
+    hidden_dropout: float = _field(_SPEC.hidden_dropout, "fraction of each hidden layer's "
+                                   "units zeroed in the input the next layer trains on "
+                                   "(0: none; never at test time or in the readout)")
     readout_label_smoothing: float = _field(_SPEC.readout_label_smoothing, "label smoothing "
                                             "of the softmax readout's training targets")
     readout: bool = _field(_SPEC.readout, "also train the one-pass softmax readout and "
@@ -535,7 +538,7 @@ def spec_of(cfg: Config, num_classes: int, image_shape=None) -> FFSpec:
         temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
         loss_scale=cfg.loss_scale, negatives=negatives_of(cfg, image_shape),
         peer_strength=cfg.peer_strength, goodness_scope=cfg.goodness_scope,
-        input_noise=cfg.input_noise, readout=cfg.readout,
+        input_noise=cfg.input_noise, hidden_dropout=cfg.hidden_dropout, readout=cfg.readout,
         readout_label_smoothing=cfg.readout_label_smoothing,
         readout_layers=cfg.readout_layers, score_layers=score_layers(cfg))
 

@@ -57,6 +57,7 @@ class StepMetrics(NamedTuple):
 
 
 PEER_INIT = 0.5  # initial running mean of every unit's activity (reference code)
+DROPOUT_STREAM = 0x0D50  # folded into a step's key for spec.hidden_dropout's masks
 
 
 def _per_layer(optimizer, n: int) -> tuple:
@@ -124,7 +125,7 @@ def params_of(state: TrainState) -> layers.Network:
 
 
 def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
-                 spec: FFSpec, *, thetas=None, peer_means=None, y=None):
+                 spec: FFSpec, *, thetas=None, peer_means=None, y=None, dropout_key=None):
     """Each layer's own FF loss on one minibatch, as `spec` defines it.
 
     x_pos (B, ...) and x_neg (M, ...) are encoded inputs (labels written in); they go
@@ -154,6 +155,8 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
       thetas: one threshold per layer, possibly traced (a grid); None: spec.thetas.
       peer_means: each layer's running means (TrainState's); None: the initial value.
       y: (B,) labels of the positives, needed by class-group objectives alone.
+      dropout_key: draws spec.hidden_dropout's masks (network.forward_activities);
+        needed exactly when spec.hidden_dropout > 0.
 
     Returns:
       objectives: (L,) what each layer minimizes (loss_scale * FF loss + peer term);
@@ -163,7 +166,11 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
     batch = x_pos.shape[0]
     if thetas is None:
         thetas = spec.thetas
-    acts = network.forward_activities(params, jnp.concatenate([x_pos, x_neg], axis=0), spec)
+    if (dropout_key is None) != (spec.hidden_dropout == 0):
+        raise ValueError(f"hidden_dropout={spec.hidden_dropout}: pass a dropout_key exactly "
+                         "when the spec's hidden_dropout is above 0.")
+    acts = network.forward_activities(params, jnp.concatenate([x_pos, x_neg], axis=0), spec,
+                                      dropout_key=dropout_key)
     if peer_means is None:
         peer_means = tuple(jnp.full(a.h.shape[1:], PEER_INIT, jnp.float32) for a in acts)
     peer_terms, new_means = [], []
@@ -206,7 +213,8 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
 
 
 def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSpec, *,
-               optimizer, thetas=None, trainable: Sequence[int] | None = None, y=None):
+               optimizer, thetas=None, trainable: Sequence[int] | None = None, y=None,
+               dropout_key=None):
     """Updates every layer once from its own local loss (local_losses with `spec`).
     Returns (state, LayerMetrics).
 
@@ -214,14 +222,16 @@ def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSp
     M = (C - 1) B with all wrong labels). `trainable` (default: all) names the layers
     updated; the others keep their state exactly (greedy layer-by-layer training). The
     readout state, if any, is passed through unchanged (see readout_step). `y`, the
-    positives' labels, is needed by class-group objectives alone.
+    positives' labels, is needed by class-group objectives alone; `dropout_key`, by
+    spec.hidden_dropout alone.
     """
     params = params_of(state)
     peer_means = tuple(ls.peer_mean for ls in state.layers)
 
     def total(ps):
         objs, metrics, means = local_losses(ps, x_pos, x_neg, spec, thetas=thetas,
-                                            peer_means=peer_means, y=y)
+                                            peer_means=peer_means, y=y,
+                                            dropout_key=dropout_key)
         return jnp.sum(objs), (metrics, means)
 
     grads, (metrics, means) = jax.grad(total, has_aux=True)(params)
@@ -323,6 +333,9 @@ def make_train_step(spec: FFSpec, optimizer,
         if spec.input_noise:  # the same noisy image for every pass of this minibatch
             key, noise_key = jax.random.split(key)
             x = x + spec.input_noise * jax.random.normal(noise_key, x.shape, x.dtype)
+        # A stream of its own (key itself stays as it was), so turning dropout on
+        # changes nothing else the step draws: the negatives are the same.
+        dropout_key = jax.random.fold_in(key, DROPOUT_STREAM) if spec.hidden_dropout else None
         read = readout_optimizer is not None
         feats = logits = layer_feats = None
         if read:
@@ -336,7 +349,8 @@ def make_train_step(spec: FFSpec, optimizer,
         x_pos = spec.encoding.embed(x, y)
         _check_negatives(x_pos, x_neg, spec)
         st, layer_metrics = train_step(st, x_pos, x_neg, spec, optimizer=optimizer,
-                                       thetas=thetas, trainable=trainable, y=y)
+                                       thetas=thetas, trainable=trainable, y=y,
+                                       dropout_key=dropout_key)
         read_metrics = None
         if read:
             if st.probes is not None:  # the probes read the pre-update features too

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ffjax import layers
@@ -29,16 +30,27 @@ def init_network(key: jax.Array, spec) -> layers.Network:
 
 
 def forward_activities(params: layers.Network, x: jax.Array, spec, *,
-                       start: int = 0) -> list[Activity]:
+                       start: int = 0, dropout_key: jax.Array | None = None
+                       ) -> list[Activity]:
     """Every layer's Activity for the encoded input x (B, *network_input_shape); with
     start = k, the Activities of layers k.. for x the output of layer k - 1.
 
     Each layer reads its input under stop_gradient: a layer's output depends on its own
     parameters alone as far as gradients go, which is what keeps FF training local.
+
+    dropout_key, given only by training, zeroes spec.hidden_dropout of every hidden
+    layer's units (fresh for each example and layer) in the input of the layer after it,
+    before that layer normalizes its input; the image is never dropped.
     """
     acts, h = [], x
-    for block, p in zip(spec.blocks[start:], params[start:]):
-        z = block.apply(p, layers.normalize(jax.lax.stop_gradient(h), norm=spec.norm))
+    drop = dropout_key is not None and spec.hidden_dropout > 0
+    for i, (block, p) in enumerate(zip(spec.blocks[start:], params[start:]), start):
+        h_in = jax.lax.stop_gradient(h)
+        if drop and i > 0:
+            keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i),
+                                        1.0 - spec.hidden_dropout, h_in.shape)
+            h_in = jnp.where(keep, h_in, 0.0)
+        z = block.apply(p, layers.normalize(h_in, norm=spec.norm))
         h = jax.nn.relu(z)
         acts.append(Activity(z, h))
     return acts

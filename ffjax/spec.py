@@ -72,6 +72,11 @@ class FFSpec:
         channels per location). The goodness readout sums the whole layer either way.
       input_noise: std of Gaussian noise added to the [0, 1]-scaled training inputs (a
         permutation-invariant regularizer; 0 disables; never at test time).
+      hidden_dropout: the fraction of a hidden layer's units zeroed, each drawn afresh
+        for every example of every training pass, in the input the next layer trains on
+        (the first layer's input, the image, never; 0 disables). The normalization that
+        follows rescales what is left, so no 1 / (1 - p) factor is needed. Never at test
+        time, and never in what the readout and the probes read.
       readout: train the one-pass softmax readout (always with hard negatives).
       readout_label_smoothing: label smoothing of the readout's training targets.
       readout_layers: layers the softmax readout reads (None: all but the first).
@@ -98,6 +103,7 @@ class FFSpec:
     peer_momentum: float = 0.9
     goodness_scope: str = "layer"
     input_noise: float = 0.0
+    hidden_dropout: float = 0.0
     readout: bool = True
     readout_label_smoothing: float = 0.0
     readout_layers: tuple | None = None
@@ -166,7 +172,7 @@ class FFSpec:
         objective.resolve_thetas(self.theta, self.scored_sizes)  # checks count and sign
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale",
                      "peer_strength", "peer_momentum", "input_noise",
-                     "readout_label_smoothing"):
+                     "hidden_dropout", "readout_label_smoothing"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
                 raise ValueError(f"{name}={v!r} must be a finite number.")
@@ -176,7 +182,7 @@ class FFSpec:
         for name in ("input_noise", "peer_strength"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
-        for name in ("readout_label_smoothing", "peer_momentum"):
+        for name in ("readout_label_smoothing", "peer_momentum", "hidden_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
         layers.check_norm(self.norm)

@@ -10,6 +10,7 @@ import pytest
 
 from ffjax import config, driver, epoch, inference, labels, network, readout
 from ffjax.spec import FFSpec
+from tests.conftest import assert_gradients_are_local
 
 SIZES = (12, 16, 16, 8)
 C = 4
@@ -261,3 +262,38 @@ def test_input_noise_and_readout_smoothing_act_in_training_only():
     np.testing.assert_allclose(m0.readout.loss, m1.readout.loss, rtol=1e-6)
     with pytest.raises(ValueError, match="input_noise=-0.1"):
         FFSpec(input_noise=-0.1)
+
+
+def test_hidden_dropout_drops_hidden_inputs_in_training_only():
+    """Dropout changes what the layers after the first train on (deterministically per
+    key), and nothing else: the first layer, the negatives and the readout's update are
+    bit-identical to a step without it, and the locality of the gradients holds."""
+    x, y = _toy(32)
+    opt, ro = optax.sgd(0.05), optax.sgd(0.5)
+    base = FFSpec(hidden=SIZES[1:], num_classes=C)
+    drop = dataclasses.replace(base, hidden_dropout=0.5)
+
+    def one_step(spec, key=5):
+        st = epoch.init_train_state(jax.random.key(0), spec, SIZES[0], opt, ro)
+        step = jax.jit(epoch.make_train_step(spec, opt, ro))
+        return step(st, x, y, jax.random.key(key), spec.thetas)[0]
+
+    clean, dropped, again, other = (one_step(base), one_step(drop), one_step(drop),
+                                    one_step(drop, key=6))
+    w = lambda st, k: np.asarray(st.layers[k].params.w)  # noqa: E731
+    np.testing.assert_array_equal(w(clean, 0), w(dropped, 0))
+    np.testing.assert_array_equal(clean.readout.params.w, dropped.readout.params.w)
+    for k in (1, 2):
+        assert not np.allclose(w(clean, k), w(dropped, k))
+        np.testing.assert_array_equal(w(dropped, k), w(again, k))
+        assert not np.allclose(w(dropped, k), w(other, k))
+
+    params = epoch.params_of(epoch.init_train_state(jax.random.key(0), drop, SIZES[0], opt,
+                                                    ro))
+    xs = labels.to_float(x)
+    assert_gradients_are_local(lambda p: epoch.local_losses(
+        p, xs, xs[::-1], drop, dropout_key=jax.random.key(1))[0], params)
+    with pytest.raises(ValueError, match="pass a dropout_key exactly"):
+        epoch.local_losses(params, xs, xs, drop)
+    with pytest.raises(ValueError, match="hidden_dropout=1.0"):
+        FFSpec(hidden_dropout=1.0)
