@@ -424,6 +424,12 @@ ROWS += [("unsupervised, round 17", f"hardest of {k} hybrids, 3 seeds, 30 epochs
 ROWS += [("unsupervised, round 18", f"hidden dropout {p}, 3 seeds, 30 epochs",
           [*HYBRID_30, "--hidden-dropout", p, "--seeds", "3"]) for p in ("0.2", "0.5")]
 
+# Unsupervised, round 19 (784-1000-1000, 30 epochs, 3 seeds): every layer's input centered
+# before it is scaled (--norm centered, a layer norm without gain or bias), so the next
+# layer and the readout read how the units differ from the example's mean activity.
+ROWS += [("unsupervised, round 19", "norm centered, 3 seeds, 30 epochs",
+          [*HYBRID_30, "--norm", "centered", "--seeds", "3"])]
+
 # Unsupervised, pair negatives (10 epochs, as the blur table): another label-free kind of
 # negative data, added by a plugin module (experiments/self_contrastive.py): an image
 # beside itself is positive, an image beside another image negative.

@@ -58,7 +58,8 @@ class Config:
     theta: typing.Optional[float] = _field(
         _SPEC.theta, "goodness threshold on the sum of squares (default: each layer's width)")
     norm: str = _field(_SPEC.norm, "length normalization before each layer: rms, rms_ref "
-                                   "(the reference code's epsilon, outside the root) or l2")
+                                   "(the reference code's epsilon, outside the root), l2 or "
+                                   "centered (the mean subtracted, then rms_ref)")
     objective: str = _field(_SPEC.objective, "per-layer objective: "
                                              f"{', '.join(objective.OBJECTIVES)} (the "
                                              "class-group group_softmax needs "

@@ -65,18 +65,20 @@ def shares_first_layer(spec: FFSpec) -> bool:
     strength s (encodings.FirstFeatures) and the first block is dense: every candidate
     input then has the same norm (the label-free features plus s^2), so each one
     normalizes by the same factor r, and its pre-activation is r (x0 @ W + s W[c]) + b
-    with x0 the input with its label features zeroed, for any of the three norms.
+    with x0 the input with its label features zeroed, for every norm that only scales
+    (not "centered").
     """
     return (isinstance(spec.encoding, encodings.FirstFeatures)
-            and isinstance(spec.blocks[0], layers.Dense))
+            and isinstance(spec.blocks[0], layers.Dense) and spec.norm != "centered")
 
 
 def layer_goodness_shared(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Array:
     """layer_goodness with the first layer computed once for all C labels
     (shares_first_layer(spec) must hold): its cost falls from C matmuls to one."""
     if not shares_first_layer(spec):
-        raise ValueError("layer_goodness_shared needs the first_features label encoding "
-                         "and a dense first block; use layer_goodness.")
+        raise ValueError("layer_goodness_shared needs the first_features label encoding, "
+                         "a dense first block and a norm that only scales (not "
+                         "'centered'); use layer_goodness.")
     c, s = spec.num_classes, spec.encoding.strength
     flat = labels.to_float(x).reshape(x.shape[0], -1)
     base = flat.at[:, :c].set(0.0)

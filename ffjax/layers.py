@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-NORMS = ("rms", "rms_ref", "l2")
+NORMS = ("rms", "rms_ref", "l2", "centered")
 _EPS = 1e-8
 # The reference code's guard, added to the root rather than under it (see normalize).
 _REF_TINY = 1.9287498479639178e-22  # e^-50
@@ -61,13 +61,17 @@ def normalize(x: jax.Array, *, norm: str) -> jax.Array:
         code's exact form x / (e^-50 + sqrt(mean(x^2))), which differs only for nearly
         silent examples: it still scales them up to mean square 1, where "rms" leaves
         examples with mean square far below 1e-8 nearly silent; "l2" scales each example
-        to unit Euclidean norm.
+        to unit Euclidean norm; "centered" subtracts each example's mean over its
+        activity first and then scales as "rms_ref" (a layer norm without gain or bias:
+        the next layer reads how the units differ from the example's average activity).
 
     Returns:
       An array of the same shape; all-zero examples stay zero.
     """
     if x.ndim > 2:
         return normalize(x.reshape(x.shape[0], -1), norm=norm).reshape(x.shape)
+    if norm == "centered":
+        return normalize(x - jnp.mean(x, axis=-1, keepdims=True), norm="rms_ref")
     sq = jnp.square(x)
     if norm == "rms_ref":
         return x / (_REF_TINY + jnp.sqrt(jnp.mean(sq, axis=-1, keepdims=True)))
@@ -81,7 +85,11 @@ def normalize(x: jax.Array, *, norm: str) -> jax.Array:
 
 
 def norm_scale(x: jax.Array, *, norm: str) -> jax.Array:
-    """(B, 1): the factor normalize(x) multiplies each example of x (B, D) by."""
+    """(B, 1): the factor normalize(x) multiplies each example of x (B, D) by (for the
+    norms that only scale: not "centered", which also shifts)."""
+    if norm == "centered":
+        raise ValueError("norm='centered' shifts each example as well as scaling it, so it "
+                         "has no single factor; use normalize.")
     sq = jnp.square(x)
     if norm == "rms_ref":
         return 1.0 / (_REF_TINY + jnp.sqrt(jnp.mean(sq, axis=-1, keepdims=True)))

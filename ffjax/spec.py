@@ -51,7 +51,8 @@ class FFSpec:
         into the first C features), "channels" (C label channels appended to an
         image), "none", or your own object (ffjax.encodings).
       label_strength: value of the one-hot label.
-      norm: "rms", "rms_ref" (the reference code's epsilon) or "l2" (layers.normalize).
+      norm: "rms", "rms_ref" (the reference code's epsilon), "l2" or "centered" (mean
+        subtracted, then "rms_ref") (layers.normalize).
       theta: goodness threshold(s): None = each layer's number of units, one number, or
         one per layer.
       objective: "logistic", "symba", "collaborative", "hardest", your own function

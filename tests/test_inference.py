@@ -95,5 +95,7 @@ def test_layers_that_cannot_share_the_first_layer_take_c_passes():
                    label_encoding="channels")
     assert not inference.shares_first_layer(conv)
     assert not inference.shares_first_layer(chans)
+    assert not inference.shares_first_layer(FFSpec(hidden=(4,), num_classes=3,
+                                                   norm="centered"))
     with pytest.raises(ValueError, match="dense first block"):
         inference.layer_goodness_shared(None, jnp.zeros((1, 4, 4, 1)), conv)

@@ -32,6 +32,16 @@ def test_l2_normalize_gives_unit_length():
     np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), 1.0, rtol=1e-5)
 
 
+def test_centered_normalize_gives_mean_zero_and_mean_square_one_and_has_no_scale():
+    x = jax.random.uniform(jax.random.key(2), (4, 3, 3, 5)) * 3.0  # non-negative, as ReLUs
+    y = layers.normalize(x, norm="centered").reshape(4, -1)
+    np.testing.assert_allclose(jnp.mean(y, axis=-1), 0.0, atol=1e-6)
+    np.testing.assert_allclose(jnp.mean(y**2, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(layers.normalize(jnp.full((1, 4), 2.0), norm="centered"), 0.0)
+    with pytest.raises(ValueError, match="no single factor"):
+        layers.norm_scale(x.reshape(4, -1), norm="centered")
+
+
 def test_normalize_keeps_direction_and_zero_rows():
     x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
     y = layers.normalize(x, norm="l2")
