@@ -430,6 +430,15 @@ ROWS += [("unsupervised, round 18", f"hidden dropout {p}, 3 seeds, 30 epochs",
 ROWS += [("unsupervised, round 19", "norm centered, 3 seeds, 30 epochs",
           [*HYBRID_30, "--norm", "centered", "--seeds", "3"])]
 
+# Unsupervised, round 20 (784-1000-1000, 30 epochs, 3 seeds): a soft threshold. With
+# theta = 1000 and T = 1 the logistic is nearly a hard threshold (a positive just above
+# theta gets no more push), and the layers then pass 99 % of their training images but far
+# fewer held-out ones. T = tau * theta keeps pushing examples within a few T of theta; the
+# loss scale grows with T (0.5 T), so a badly placed example's step stays the reference's.
+ROWS += [("unsupervised, round 20", f"temperature {t} (tau {t / 1000} of theta), loss scale {t / 2}, 3 seeds",
+          [*HYBRID_30, "--temperature", str(t), "--loss-scale", str(t / 2), "--seeds", "3"])
+         for t in (20, 50, 200)]
+
 # Unsupervised, pair negatives (10 epochs, as the blur table): another label-free kind of
 # negative data, added by a plugin module (experiments/self_contrastive.py): an image
 # beside itself is positive, an image beside another image negative.
