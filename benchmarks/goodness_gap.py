@@ -1,0 +1,109 @@
+"""How well a run's FF layers hold their own objective on images they never trained on.
+
+For a finished run's last checkpoint, each layer's goodness G is computed for positives and
+for the run's own negatives (its negative generator, fresh draws) on the same number of
+training and held-out validation images. Per layer it reports the fraction of positives
+above theta and of negatives below it on both splits. A layer whose positives pass far more
+often on the training images than on the held-out ones has fitted its training positives,
+not what makes an image a positive. Validation split only: the test set is never read.
+
+    python -m benchmarks.goodness_gap RUN_DIR [--examples 10000] [--out PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.refit_readout import load_run
+from ffjax import experiment, labels, network, objective, record
+from ffjax.config import UsageError
+from ffjax.negatives import Minibatch
+
+CHUNK = 1000  # examples per forward pass; also the minibatch a generator draws partners from
+
+
+def pass_rates(params, x, y, spec, key) -> dict:
+    """Per layer: the fraction of positives with G > theta and of the generator's
+    negatives with G < theta, and the median G of each, over x in chunks of CHUNK."""
+    generator = spec.negative_generator
+
+    @jax.jit
+    def goodness(xb, yb, k):
+        xf = labels.to_float(xb)
+        x_neg = generator.generate(k, Minibatch(xf, yb, None), spec)
+        g = [jnp.stack([objective.goodness(h) for h in network.forward(params, xs, spec)])
+             for xs in (spec.encoding.embed(xf, yb), x_neg)]
+        return g[0], g[1]
+
+    pos, neg = [], []
+    for i, k in zip(range(0, len(x), CHUNK), jax.random.split(key, -(-len(x) // CHUNK))):
+        gp, gn = jax.device_get(goodness(jnp.asarray(x[i:i + CHUNK]),
+                                         jnp.asarray(y[i:i + CHUNK]), k))
+        pos.append(gp)
+        neg.append(gn)
+    pos, neg = np.concatenate(pos, 1), np.concatenate(neg, 1)
+    t = np.asarray(spec.thetas, np.float64)[:, None]
+    return {"positives_above_theta": np.mean(pos > t, 1).tolist(),
+            "negatives_below_theta": np.mean(neg < t, 1).tolist(),
+            "median_goodness_positives": np.median(pos, 1).tolist(),
+            "median_goodness_negatives": np.median(neg, 1).tolist()}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", help="a finished run's directory (it is only read)")
+    p.add_argument("--data-dir", default=None, help="the data folder, if not the run's")
+    p.add_argument("--examples", type=int, default=10000,
+                   help="images of each split (at most the validation split's size)")
+    p.add_argument("--seed", type=int, default=0, help="draws the negatives")
+    p.add_argument("--out", default=None, help="the record's path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return p.parse_args(argv)
+
+
+def run(args) -> dict:
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise UsageError(f"--out {args.out} exists; give another path or --overwrite.")
+    cfg, spec, split, state, epoch = load_run(args.run_dir, args.data_dir)
+    if spec.uses_groups:
+        raise UsageError(f"{args.run_dir} trained a class-group objective: it has no "
+                         "threshold or negatives to measure.")
+    if spec.negative_generator.needs_logits:
+        raise UsageError(f"--negatives {cfg.negatives} needs the readout's logits; measure a "
+                         "run whose negatives do not (hybrid, masked, uniform, all).")
+    n = min(args.examples, len(split.y_val))
+    if n < CHUNK or n % CHUNK:
+        raise UsageError(f"--examples {args.examples}: give a multiple of {CHUNK} "
+                         f"(at most the validation split's {len(split.y_val)}).")
+    params = tuple(layer.params for layer in state.layers)
+    key = jax.random.key(args.seed)
+    splits = {"training": pass_rates(params, split.x_fit[:n], split.y_fit[:n], spec, key),
+              "validation": pass_rates(params, split.x_val[:n], split.y_val[:n], spec, key)}
+    print("| split | positives above theta, per layer | negatives below theta, per layer |")
+    print("| --- | --- | --- |")
+    for name, r in splits.items():
+        print(f"| {name} | " + " / ".join(f"{100 * v:.2f}" for v in r["positives_above_theta"])
+              + " % | " + " / ".join(f"{100 * v:.2f}" for v in r["negatives_below_theta"])
+              + " % |")
+    info = {"run_dir": str(args.run_dir), "checkpoint_epoch": epoch,
+            "run_config": dataclasses.asdict(cfg),
+            "examples_per_split": n, "seed": args.seed, "thetas": list(spec.thetas), **splits}
+    record.write_benchmark("goodness_gap", info, args.out, suffix="goodness-gap")
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _, code = experiment.guarded(lambda: run(args))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
