@@ -435,7 +435,8 @@ ROWS += [("unsupervised, round 19", "norm centered, 3 seeds, 30 epochs",
 # theta gets no more push), and the layers then pass 99 % of their training images but far
 # fewer held-out ones. T = tau * theta keeps pushing examples within a few T of theta; the
 # loss scale grows with T (0.5 T), so a badly placed example's step stays the reference's.
-ROWS += [("unsupervised, round 20", f"temperature {t} (tau {t / 1000} of theta), loss scale {t / 2}, 3 seeds",
+ROWS += [("unsupervised, round 20",
+          f"temperature {t} (tau {t / 1000} of theta), loss scale {t / 2}, 3 seeds",
           [*HYBRID_30, "--temperature", str(t), "--loss-scale", str(t / 2), "--seeds", "3"])
          for t in (20, 50, 200)]
 

@@ -21,22 +21,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.refit_readout import load_run
-from ffjax import experiment, labels, network, objective, record
+from ffjax import experiment, labels, network, objective, readout, record
 from ffjax.config import UsageError
 from ffjax.negatives import Minibatch
 
 CHUNK = 1000  # examples per forward pass; also the minibatch a generator draws partners from
 
 
-def pass_rates(params, x, y, spec, key) -> dict:
+def pass_rates(params, readout_params, x, y, spec, key) -> dict:
     """Per layer: the fraction of positives with G > theta and of the generator's
-    negatives with G < theta, and the median G of each, over x in chunks of CHUNK."""
+    negatives with G < theta, and the median G of each, over x in chunks of CHUNK.
+    A generator that needs logits (hard negatives) gets the run's softmax readout's, as
+    in training."""
     generator = spec.negative_generator
 
     @jax.jit
     def goodness(xb, yb, k):
         xf = labels.to_float(xb)
-        x_neg = generator.generate(k, Minibatch(xf, yb, None), spec)
+        logits = None
+        if generator.needs_logits:
+            feats = readout.select(readout.layer_features(params, xf, spec), spec)
+            logits = readout.logits(readout_params, feats)
+        x_neg = generator.generate(k, Minibatch(xf, yb, logits), spec)
         g = [jnp.stack([objective.goodness(h) for h in network.forward(params, xs, spec)])
              for xs in (spec.encoding.embed(xf, yb), x_neg)]
         return g[0], g[1]
@@ -61,7 +67,8 @@ def parse_args(argv=None):
     p.add_argument("run_dir", help="a finished run's directory (it is only read)")
     p.add_argument("--data-dir", default=None, help="the data folder, if not the run's")
     p.add_argument("--examples", type=int, default=10000,
-                   help="images of each split (at most the validation split's size)")
+                   help="images of each split: a multiple of 1000 up to the validation "
+                        "split's size")
     p.add_argument("--seed", type=int, default=0, help="draws the negatives")
     p.add_argument("--out", default=None, help="the record's path")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -75,17 +82,20 @@ def run(args) -> dict:
     if spec.uses_groups:
         raise UsageError(f"{args.run_dir} trained a class-group objective: it has no "
                          "threshold or negatives to measure.")
-    if spec.negative_generator.needs_logits:
-        raise UsageError(f"--negatives {cfg.negatives} needs the readout's logits; measure a "
-                         "run whose negatives do not (hybrid, masked, uniform, all).")
-    n = min(args.examples, len(split.y_val))
-    if n < CHUNK or n % CHUNK:
-        raise UsageError(f"--examples {args.examples}: give a multiple of {CHUNK} "
-                         f"(at most the validation split's {len(split.y_val)}).")
+    if spec.negative_generator.needs_logits and state.readout is None:
+        raise UsageError(f"--negatives {cfg.negatives} draws from the readout's logits, and "
+                         f"{args.run_dir} trained no readout (--no-readout).")
+    n, n_val = args.examples, len(split.y_val)
+    if n < CHUNK or n % CHUNK or n > n_val:
+        raise UsageError(f"--examples {n}: give a multiple of {CHUNK} up to the validation "
+                         f"split's {n_val} images.")
     params = tuple(layer.params for layer in state.layers)
     key = jax.random.key(args.seed)
-    splits = {"training": pass_rates(params, split.x_fit[:n], split.y_fit[:n], spec, key),
-              "validation": pass_rates(params, split.x_val[:n], split.y_val[:n], spec, key)}
+    rparams = None if state.readout is None else state.readout.params
+    splits = {name: pass_rates(params, rparams, x[:n], y[:n], spec, k)
+              for (name, x, y), k in zip((("training", split.x_fit, split.y_fit),
+                                          ("validation", split.x_val, split.y_val)),
+                                         jax.random.split(key))}
     print("| split | positives above theta, per layer | negatives below theta, per layer |")
     print("| --- | --- | --- |")
     for name, r in splits.items():

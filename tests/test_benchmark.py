@@ -82,6 +82,42 @@ def test_refit_readout_reproduces_the_runs_own_readout_and_leaves_the_run_unchan
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_goodness_gap_reads_the_runs_layers_and_leaves_the_run_unchanged(
+        data_dir, tmp_path, capsys):
+    """The positives' pass rates on the training images match the goodness the
+    ten-label inference computes at the true label (another code path), the negatives'
+    are fractions, the run directory is untouched, and bad --examples is refused."""
+    import hashlib
+
+    import numpy as np
+    from benchmarks import goodness_gap, refit_readout
+    from experiments import mnist
+    from ffjax import experiment, inference
+    run = tmp_path / "run"
+    assert experiment.main(mnist.DEFAULTS, "t", [
+        "--data-dir", str(data_dir), "--hidden", "32", "32", "--epochs", "1",
+        "--train-size", "3000", "--validation-size", "1000", "--out-dir", str(run)]) == 0
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    out = tmp_path / "gap.json"
+    assert goodness_gap.main([str(run), "--examples", "1000", "--out", str(out)]) == 0
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    rec = json.loads(out.read_text())
+    _, spec, split, state, _ = refit_readout.load_run(run)
+    params = tuple(layer.params for layer in state.layers)
+    g = np.asarray(inference.layer_goodness(params, split.x_fit[:1000], spec))
+    g_true = g[np.arange(1000), :, np.asarray(split.y_fit[:1000])]  # (B, L)
+    expected = np.mean(g_true > np.asarray(spec.thetas), 0)
+    assert np.allclose(rec["training"]["positives_above_theta"], expected, atol=2e-3)
+    for part in ("training", "validation"):
+        assert all(0 <= v <= 1 for v in rec[part]["negatives_below_theta"])
+    capsys.readouterr()
+    for bad in ("500", "2000"):  # not a multiple of 1000; more than the validation split
+        assert goodness_gap.main([str(run), "--examples", bad, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert "multiple of 1000 up to" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
 def test_every_ablation_row_is_a_valid_command():
     """Each row of benchmarks.ablations (the commands the docs give to regenerate their
     validation tables) is accepted by the entry point's checks and builds its spec, so a
