@@ -82,6 +82,9 @@ def run(args) -> dict:
     if spec.uses_groups:
         raise UsageError(f"{args.run_dir} trained a class-group objective: it has no "
                          "threshold or negatives to measure.")
+    if spec.goodness_scope != "layer":
+        raise UsageError(f"{args.run_dir} scores goodness per location (--goodness-scope "
+                         f"{spec.goodness_scope}); this benchmark reads whole-layer goodness.")
     if spec.negative_generator.needs_logits and state.readout is None:
         raise UsageError(f"--negatives {cfg.negatives} draws from the readout's logits, and "
                          f"{args.run_dir} trained no readout (--no-readout).")
