@@ -2,10 +2,11 @@
 
 For a finished run's last checkpoint, each layer's goodness G is computed for positives and
 for the run's own negatives (its negative generator, fresh draws) on the same number of
-training and held-out validation images. Per layer it reports the fraction of positives
-above theta and of negatives below it on both splits. A layer whose positives pass far more
-often on the training images than on the held-out ones has fitted its training positives,
-not what makes an image a positive. Validation split only: the test set is never read.
+training and held-out validation images (clean: a run's --input-noise is not added). Per
+layer it reports the fraction of positives above theta and of negatives below it on both
+splits. A layer whose positives pass far more often on the training images than on the
+held-out ones has fitted its training positives, not what makes an image a positive.
+Validation split only: the test set is never read.
 
     python -m benchmarks.goodness_gap RUN_DIR [--examples 10000] [--out PATH]
 """
