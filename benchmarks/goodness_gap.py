@@ -12,17 +12,15 @@ Validation split only: the test set is never read.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.refit_readout import load_run
-from ffjax import experiment, labels, network, objective, readout, record
+from benchmarks import finished_run
+from ffjax import labels, network, objective, readout, record
 from ffjax.config import UsageError
 from ffjax.negatives import Minibatch
 
@@ -63,23 +61,16 @@ def pass_rates(params, readout_params, x, y, spec, key) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run_dir", help="a finished run's directory (it is only read)")
-    p.add_argument("--data-dir", default=None, help="the data folder, if not the run's")
+    p = finished_run.parser(__doc__)
     p.add_argument("--examples", type=int, default=10000,
                    help="images of each split: a multiple of 1000 up to the validation "
                         "split's size")
     p.add_argument("--seed", type=int, default=0, help="draws the negatives")
-    p.add_argument("--out", default=None, help="the record's path")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p.parse_args(argv)
 
 
 def run(args) -> dict:
-    if args.out and Path(args.out).exists() and not args.overwrite:
-        raise UsageError(f"--out {args.out} exists; give another path or --overwrite.")
-    cfg, spec, split, state, epoch = load_run(args.run_dir, args.data_dir)
+    cfg, spec, split, state, epoch = finished_run.load(args)
     if spec.uses_groups:
         raise UsageError(f"{args.run_dir} trained a class-group objective: it has no "
                          "threshold or negatives to measure.")
@@ -114,9 +105,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    _, code = experiment.guarded(lambda: run(args))
-    return code
+    return finished_run.main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ffjax import checkpoint, config, data, driver, experiment, readout, record
+from benchmarks import finished_run
+from ffjax import readout, record
 from ffjax.config import UsageError
 
 
@@ -41,48 +39,6 @@ class Refit:
     batch_size: int
     seed: int
     standardize: bool  # each feature to zero mean, unit variance on the training split
-
-
-def load_run(run_dir, data_dir=None):
-    """(cfg, spec, split, state, epoch): a single-model run's settings, its training and
-    validation split, and the state of its last checkpoint. The run directory is not
-    written to: the checkpoint is read from a temporary copy."""
-    run_dir = Path(run_dir)
-    cfg = config.saved_config(run_dir)
-    cfg = dataclasses.replace(cfg, data_dir=data_dir or cfg.data_dir)
-    if not cfg.validation_size:
-        raise UsageError(f"{run_dir} held out no validation split (--validation-size): the "
-                         "refit is scored on that split only, never on the test set.")
-    if cfg.seeds and cfg.seeds > 1:
-        raise UsageError(f"{run_dir} trained {cfg.seeds} seeds in one program: refit runs "
-                         "of one model (--seeds 1).")
-    ds = data.load(cfg.dataset, cfg.data_dir)
-    spec = config.spec_of(cfg, ds.num_classes,
-                          data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)])
-    split = experiment.training_split(cfg, data.reshaped(ds, spec.input_shape))
-    epoch = None
-    if (run_dir / checkpoint.SUBDIR).is_dir():  # (the manager would create it)
-        ckpts = checkpoint.Checkpoints(run_dir)
-        try:
-            epoch = ckpts.latest_epoch()
-        finally:
-            ckpts.close()
-    if epoch is None:
-        raise UsageError(f"{run_dir} has no checkpoint to read the features from.")
-    # A freshly built program's state gives the checkpoint's structure, shapes and dtypes.
-    n = cfg.batch_size
-    like = driver.make_program(jax.random.key(0), split.x_fit[:n], split.y_fit[:n], spec,
-                               epochs=cfg.epochs, batch_size=n,
-                               optimizer=config.optimizer_of(cfg)).state
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(run_dir / checkpoint.SUBDIR / str(epoch),
-                        Path(tmp) / checkpoint.SUBDIR / str(epoch))
-        ckpts = checkpoint.Checkpoints(tmp)
-        try:
-            state = ckpts.restore(epoch, like)
-        finally:
-            ckpts.close()
-    return cfg, spec.for_input(split.x_fit.shape[1:]), split, state, epoch
 
 
 def layer_features(params, x, spec, *, chunk: int = 1000) -> list:
@@ -146,10 +102,7 @@ def _positive(kind):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run_dir", help="a finished run's directory (it is only read)")
-    p.add_argument("--data-dir", default=None, help="the data folder, if not the run's")
+    p = finished_run.parser(__doc__)
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="0-based layers to read (default: the run's readout layers)")
     p.add_argument("--epochs", type=_positive(int), default=10)
@@ -162,15 +115,11 @@ def parse_args(argv=None):
     p.add_argument("--standardize", action="store_true",
                    help="scale each feature to zero mean and unit variance (statistics of "
                         "the training split) before fitting; try a smaller --lr with it")
-    p.add_argument("--out", default=None, help="the record's path")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return p.parse_args(argv)
 
 
 def run(args) -> dict:
-    if args.out and Path(args.out).exists() and not args.overwrite:
-        raise UsageError(f"--out {args.out} exists; give another path or --overwrite.")
-    cfg, spec, split, state, epoch = load_run(args.run_dir, args.data_dir)
+    cfg, spec, split, state, epoch = finished_run.load(args)
     if state.readout is None:
         raise UsageError(f"{args.run_dir} trained no softmax readout (--no-readout), so "
                          "there are no readout layers to compare with.")
@@ -205,9 +154,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    _, code = experiment.guarded(lambda: run(args))
-    return code
+    return finished_run.main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def test_goodness_gap_reads_the_runs_layers_and_leaves_the_run_unchanged(
     import hashlib
 
     import numpy as np
-    from benchmarks import goodness_gap, refit_readout
+    from benchmarks import finished_run, goodness_gap
     from experiments import mnist
     from ffjax import experiment, inference
     run = tmp_path / "run"
@@ -102,7 +102,7 @@ def test_goodness_gap_reads_the_runs_layers_and_leaves_the_run_unchanged(
     assert goodness_gap.main([str(run), "--examples", "1000", "--out", str(out)]) == 0
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
     rec = json.loads(out.read_text())
-    _, spec, split, state, _ = refit_readout.load_run(run)
+    _, spec, split, state, _ = finished_run.load_run(run)
     params = tuple(layer.params for layer in state.layers)
     g = np.asarray(inference.layer_goodness(params, split.x_fit[:1000], spec))
     g_true = g[np.arange(1000), :, np.asarray(split.y_fit[:1000])]  # (B, L)
