@@ -43,11 +43,11 @@ def load_run(run_dir, data_dir=None):
     cfg = config.saved_config(run_dir)
     cfg = dataclasses.replace(cfg, data_dir=data_dir or cfg.data_dir)
     if not cfg.validation_size:
-        raise UsageError(f"{run_dir} held out no validation split (--validation-size): the "
-                         "refit is scored on that split only, never on the test set.")
+        raise UsageError(f"{run_dir} held out no validation split (--validation-size): "
+                         "these benchmarks score that split only, never on the test set.")
     if cfg.seeds and cfg.seeds > 1:
-        raise UsageError(f"{run_dir} trained {cfg.seeds} seeds in one program: refit runs "
-                         "of one model (--seeds 1).")
+        raise UsageError(f"{run_dir} trained {cfg.seeds} seeds in one program: these "
+                         "benchmarks read runs of one model (--seeds 1).")
     ds = data.load(cfg.dataset, cfg.data_dir)
     spec = config.spec_of(cfg, ds.num_classes,
                           data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)])
