@@ -3,7 +3,8 @@
 # Usage (through the device tool, with the datasets copied to .data/ and carried):
 #   bash benchmarks/gpu_session.sh perf "$OUT"       # ~5 min: epoch times, FF vs backprop, sweep
 #   bash benchmarks/gpu_session.sh accuracy "$OUT"   # ~9 min: the MNIST / Fashion-MNIST results
-#   bash benchmarks/gpu_session.sh conv "$OUT"       # <= 9 min: conv FF screens (issue 17)
+#   bash benchmarks/gpu_session.sh conv "$OUT"       # <= 7 min: conv FF screens (issue 17)
+#   bash benchmarks/gpu_session.sh unsupervised-test "$OUT"  # <= 4 min: fan-in test runs (issue 20)
 #   bash benchmarks/gpu_session.sh unsupervised "$OUT"  # <= 12 min: 4 x 2000 without labels (issue 20)
 # Every record lands in $OUT (copy it into benchmarks/results/ afterwards).
 # FFJAX_GPU_EXTRA="--epochs 1 --hidden 16 16 --train-size 12000" appends flags to every
@@ -42,13 +43,27 @@ accuracy)
 conv)
   # The published channel-wise competitive geometry (--preset cifar10-conv, about 200 M
   # multiply-adds per example, 20 min per epoch on 2 CPU cores) on the validation split
-  # of both datasets, one seed. --time-limit stops a run with a checkpoint, so a run cut
-  # short continues with --resume in the next session.
-  for ds in mnist fashion_mnist; do
+  # of both datasets, one seed, 20 epochs; then on MNIST at the temperature the 3-conv
+  # screens chose (T 1). --time-limit stops a run with a checkpoint (kept small enough to
+  # come back), so a run cut short continues with --resume in a later session.
+  limit=${FFJAX_GPU_CONV_LIMIT:-110s}
+  for run in "mnist:" "fashion_mnist:" "mnist:--temperature 1"; do
+    ds=${run%%:*}; read -r -a flags <<< "${run#*:}"
+    name=$ds-cifar10-conv-20ep-val; [ ${#flags[@]} -eq 0 ] || name=$name-T1
     python -m experiments.mnist --preset cifar10-conv --dataset $ds --data-dir "$data" \
-        --epochs 30 --validation-size 10000 --eval-every 5 --time-limit 4m \
-        --out-dir "$out/runs/$ds-cifar10-conv-30ep-val" || true
+        --epochs 20 --validation-size 10000 --eval-every 2 --time-limit "$limit" \
+        "${flags[@]}" "${extra[@]}" --out-dir "$out/runs/$name" || true
   done
+  ;;
+unsupervised-test)
+  # The test runs of the setting the 4 x 2000 validation runs chose on a CPU (fan-in lr
+  # scaling, ahead of the reference on both validation seeds): all 60 000 training
+  # images, 3 seeds, scored on the test set. True float32 matmuls (no TF32), the
+  # arithmetic the CPU runs that chose it used.
+  JAX_DEFAULT_MATMUL_PRECISION=highest python -m experiments.mnist \
+      --preset hinton-unsupervised --lr-scaling fan_in --data-dir "$data" --seeds 3 \
+      --time-limit "${FFJAX_GPU_UNSUP_LIMIT:-170s}" --checkpoint-every 0 "${extra[@]}" \
+      --out-dir "$out/runs/unsup-fanin-full60k-test" || true
   ;;
 unsupervised)
   # The fully connected target of issue 20 (<= 1.30 % MNIST test error; 4 x 2000, 100
@@ -91,5 +106,5 @@ print(max(scores, key=scores.get))
   python -m experiments.mnist "${common[@]}" "${flags[@]}" --seeds 3 "${extra[@]}" \
       --out-dir "$out/runs/unsup-$name-full60k-test"
   ;;
-*) echo "unknown mode $mode (perf, accuracy, conv or unsupervised)" >&2; exit 2 ;;
+*) echo "unknown mode $mode (perf, accuracy, conv, unsupervised or unsupervised-test)" >&2; exit 2 ;;
 esac
