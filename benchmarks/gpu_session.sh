@@ -61,7 +61,8 @@ conv-long)
   # datasets, four runs side by side on the one GPU (each alone leaves it mostly idle at
   # batch 100); then, per dataset, the setting and readout with the best validation
   # accuracy trained on all 60 000 images, 2 seeds, and scored on the test set once.
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.15
+  # The evaluation holds a whole split's activities at once (about 22 GB for one model).
+  export XLA_PYTHON_CLIENT_MEM_FRACTION=0.23
   limit=${FFJAX_GPU_CONV_LIMIT:-150s}
   screens=("mnist:T0.05:0.05" "mnist:T0.2:0.2" "fashion_mnist:T0.05:0.05" "fashion_mnist:T0.2:0.2")
   for run in "${screens[@]}"; do
@@ -86,7 +87,7 @@ print(max(best, key=best.get) if best else "")
 ' "$out/runs" "$ds" 2>> "$out/validation.txt")
     [ -n "$temp" ] || continue
     echo "$ds: chosen on validation T $temp" | tee -a "$out/chosen.txt"
-    python -m experiments.mnist --preset cifar10-conv --dataset "$ds" --data-dir "$data" \
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 python -m experiments.mnist --preset cifar10-conv --dataset "$ds" --data-dir "$data" \
         --epochs 50 --temperature "$temp" --seeds 2 --eval-every 10 --time-limit "$limit" \
         "${extra[@]}" --out-dir "$out/runs/$ds-cifar10-conv-50ep-T$temp-test" \
         > "$out/$ds-test.log" 2>&1 &
