@@ -59,6 +59,34 @@ def test_chunked_predict_equals_unchunked_for_any_size(net):
         inference.predict(net, x, spec), full)
 
 
+
+def test_readout_and_probe_predictions_are_the_same_in_any_chunking(net):
+    """The one-pass readout and the per-layer probes run in chunks too (a whole split at
+    once does not fit a GPU for the conv presets); chunking changes no prediction."""
+    from ffjax import layers, readout
+    spec = _spec(4)
+    x = jax.random.uniform(jax.random.key(5), (23, SIZES[0]))
+    keys = jax.random.split(jax.random.key(6), 4)
+
+    def random_dense(k, d_in):
+        kw, kb = jax.random.split(k)
+        return layers.DenseParams(jax.random.normal(kw, (d_in, 4)), jax.random.normal(kb, (4,)))
+
+    rp = random_dense(keys[0], sum(spec.layer_sizes[i] for i in spec.readout_layer_ids))
+    probes = tuple(random_dense(k, n) for k, n in zip(keys[1:], spec.layer_sizes))
+    want_ro = jnp.argmax(readout.logits(rp, readout.features(net, x, spec)), -1)
+    want_pr = jnp.stack([jnp.argmax(readout.logits(p, f), -1) for p, f in
+                         zip(probes, readout.layer_features(net, x, spec))], -1)
+    for chunk in (1, 5, 23, 100):
+        np.testing.assert_array_equal(
+            inference.make_predict_readout(spec, chunk_size=chunk)(net, rp, x), want_ro)
+        np.testing.assert_array_equal(
+            inference.make_predict_probes(spec, chunk_size=chunk)(net, probes, x), want_pr)
+    for make in (inference.make_predict, inference.make_predict_readout,
+                 inference.make_predict_probes):
+        with pytest.raises(ValueError, match="chunk_size=0 must be a positive integer"):
+            make(spec, chunk_size=0)
+
 def test_predict_on_60k_examples_in_bounded_chunks():
     spec = FFSpec(hidden=(32, 32), input_shape=(784,))
     small = network.init_network(jax.random.key(3), spec)
