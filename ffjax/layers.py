@@ -250,17 +250,52 @@ class Conv(_Spatial):
     """
 
     kind = "conv"
+    # Grouped convolution (flax.linen.Conv's feature_group_count): the channels in
+    # `groups` contiguous groups, group g's outputs reading only group g's inputs. With
+    # class-group objectives and groups = the number of classes, each class's channels
+    # see only that class's channels below.
+    groups: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.groups, int) and self.groups > 0):
+            raise ValueError(f"conv groups={self.groups!r} must be a positive integer.")
+        if self.channels % self.groups:
+            raise ValueError(f"conv channels={self.channels} must be a multiple of its "
+                             f"groups={self.groups}.")
+
+    def out_shape(self, in_shape) -> tuple:
+        out = super().out_shape(in_shape)
+        if int(in_shape[-1]) % self.groups:
+            raise ValueError(f"{self} reads {int(in_shape[-1])} input channels, not a "
+                             f"multiple of its {self.groups} groups; give the block below "
+                             "a multiple of it.")
+        return out
+
+    def fan_in(self, in_shape) -> int:
+        return self.kernel * self.kernel * (int(in_shape[-1]) // self.groups)
 
     def init(self, key, in_shape):
         self.out_shape(in_shape)
-        shape = (self.kernel, self.kernel, int(in_shape[-1]), self.channels)
+        shape = (self.kernel, self.kernel, int(in_shape[-1]) // self.groups, self.channels)
         return {"kernel": _fan_in_normal()(key, shape, jnp.float32),
                 "bias": jnp.zeros((self.channels,), jnp.float32)}
 
     def apply(self, params, x):
-        k, c_in = self.kernel, x.shape[-1]
-        w = jnp.transpose(params["kernel"], (2, 0, 1, 3)).reshape(c_in * k * k, -1)
-        return self._pool(self._patches(x) @ w + params["bias"])
+        k, c_in, g = self.kernel, x.shape[-1], self.groups
+        if g == 1:
+            w = jnp.transpose(params["kernel"], (2, 0, 1, 3)).reshape(c_in * k * k, -1)
+            return self._pool(self._patches(x) @ w + params["bias"])
+        # The patches' features are ordered (C_in, k, k), so each group's are contiguous.
+        p = self._patches(x)
+        p = p.reshape(p.shape[:3] + (g, (c_in // g) * k * k))
+        w = params["kernel"].reshape(k, k, c_in // g, g, -1)  # output channels by group
+        w = jnp.transpose(w, (3, 2, 0, 1, 4)).reshape(g, (c_in // g) * k * k, -1)
+        z = jnp.einsum("bhwgi,gio->bhwgo", p, w).reshape(p.shape[:3] + (-1,))
+        return self._pool(z + params["bias"])
+
+    def __str__(self):
+        return super().__str__() + (f":g{self.groups}" if self.groups != 1 else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,7 +380,8 @@ def from_nnx(make, *, in_rank: int | None = None) -> Block:
 _SPATIAL = {"conv": Conv, "local": Local}
 ARCH_HELP = ("a block per item: N (dense, N units), conv:C:K or local:C:K (C channels, a "
              "KxK kernel) with optional :sS (stride), :valid (no padding), :pP (PxP max "
-             "pooling), e.g. conv:32:5:p2 conv:64:3:p2 1000")
+             "pooling), :gG (conv only: G channel groups), e.g. conv:32:5:p2 "
+             "conv:64:3:p2 1000")
 
 
 def parse_block(token) -> Any:
@@ -373,9 +409,11 @@ def parse_block(token) -> Any:
             kwargs["pool"] = int(opt[1:])
         elif opt in ("same", "valid"):
             kwargs["padding"] = opt.upper()
+        elif re.fullmatch(r"g\d+", opt) and kind == "conv":
+            kwargs["groups"] = int(opt[1:])
         else:
             raise ValueError(f"block {token!r}: unknown option {opt!r} (sS: stride, pP: "
-                             "max pooling, same / valid: padding).")
+                             "max pooling, same / valid: padding, gG: groups, conv only).")
     return _SPATIAL[kind](int(parts[1]), int(parts[2]), **kwargs)
 
 

@@ -103,6 +103,28 @@ def test_conv_and_local_patches_match_flax_across_geometries(kernel, stride, pad
                                    rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("kernel,stride,padding,pool", [(3, 1, "SAME", 1), (2, 2, "VALID", 1),
+                                                        (3, 1, "SAME", 2)])
+def test_grouped_conv_is_flax_conv_with_feature_groups(kernel, stride, padding, pool):
+    x = jax.random.normal(jax.random.key(9), (2, 8, 7, 6))
+    block = layers.parse_block(f"conv:9:{kernel}:s{stride}:{padding.lower()}:p{pool}:g3")
+    assert block == layers.Conv(9, kernel, stride, padding, pool, groups=3)
+    assert layers.parse_block(str(block)) == block
+    module = nn.Conv(9, (kernel,) * 2, stride, padding=padding, feature_group_count=3)
+    p = block.init(jax.random.key(10), x.shape[1:])
+    assert p["kernel"].shape == (kernel, kernel, 2, 9)  # 6 inputs in 3 groups
+    assert block.fan_in(x.shape[1:]) == kernel * kernel * 2
+    z = module.apply({"params": p}, x)
+    if pool > 1:
+        z = nn.max_pool(z, (pool, pool), strides=(pool, pool))
+    np.testing.assert_allclose(block.apply(p, x), z, rtol=1e-5, atol=1e-5)
+    assert block.apply(p, x).shape[1:] == block.out_shape(x.shape[1:])
+    # Group g's outputs (channels 3g..3g+2) do not move when another group's inputs do.
+    x2 = x.at[..., 0:2].add(1.0)
+    changed = np.abs(np.asarray(block.apply(p, x2) - block.apply(p, x))).max(axis=(0, 1, 2))
+    assert changed[:3].max() > 0 and changed[3:].max() == 0
+
 def test_a_flax_module_of_ones_own_is_a_block():
     class TwoConvs(nn.Module):  # any module: here a conv with a 1x1 conv after it
         @nn.compact

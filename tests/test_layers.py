@@ -76,7 +76,9 @@ def test_init_network_shapes_and_independent_layer_keys():
 @pytest.mark.parametrize("hidden, msg", [
     ((), "one or more blocks"), ((784, 0), "positive integer"), ((-3, 10), "positive"),
     (("conv:8",), "channels and a kernel"), (("pool:2:2",), "unknown block"),
-    (("conv:8:3:x",), "unknown option"),
+    (("conv:8:3:x",), "unknown option"), (("local:8:3:g2",), "unknown option"),
+    (("conv:10:3:g4",), "multiple of its groups=4"),
+    (("conv:10:3", "conv:20:3:g4"), "10 input channels, not a multiple of its 4 groups"),
 ])
 def test_bad_blocks_are_refused(hidden, msg):
     with pytest.raises(ValueError, match=msg):
