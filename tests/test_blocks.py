@@ -103,7 +103,6 @@ def test_conv_and_local_patches_match_flax_across_geometries(kernel, stride, pad
                                    rtol=1e-5, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("kernel,stride,padding,pool", [(3, 1, "SAME", 1), (2, 2, "VALID", 1),
                                                         (3, 1, "SAME", 2)])
 def test_grouped_conv_is_flax_conv_with_feature_groups(kernel, stride, padding, pool):
@@ -124,6 +123,7 @@ def test_grouped_conv_is_flax_conv_with_feature_groups(kernel, stride, padding, 
     x2 = x.at[..., 0:2].add(1.0)
     changed = np.abs(np.asarray(block.apply(p, x2) - block.apply(p, x))).max(axis=(0, 1, 2))
     assert changed[:3].max() > 0 and changed[3:].max() == 0
+
 
 def test_a_flax_module_of_ones_own_is_a_block():
     class TwoConvs(nn.Module):  # any module: here a conv with a 1x1 conv after it
