@@ -11,7 +11,7 @@ import sys
 import typing
 
 from ffjax import data, encodings, layers, negatives, objective, optim, record
-from ffjax.driver import SCHEDULES
+from ffjax.driver import SCHEDULES, interleaved_epochs
 from ffjax.spec import FFSpec
 
 _SPEC, _OPT = FFSpec(), optim.OptimizerSpec()  # the library's defaults are the CLI's
@@ -78,7 +78,9 @@ class Config:
                                  "ffjax.encodings.ENCODINGS")
     label_strength: float = _field(_SPEC.label_strength, "value of the one-hot label")
     schedule: str = _field("simultaneous", "simultaneous: every layer on every minibatch; "
-                                           "greedy: layer by layer, epochs split equally")
+                                           "greedy: layer by layer, epochs split equally; "
+                                           "interleaved:E1,E2,...: layer i on every "
+                                           "minibatch of the first Ei epochs only")
     negatives: str = _field(_SPEC.negatives, "negative data: uniform (the image with one "
                                              "of the C-1 wrong labels), hard (a wrong label "
                                              "from the softmax readout, true label masked; "
@@ -478,8 +480,15 @@ def check_config(cfg: Config) -> None:
         parse_duration(cfg.time_limit)
     if cfg.eval_every < 0:
         bad(f"--eval-every {cfg.eval_every}: must be >= 0.")
-    if cfg.schedule not in SCHEDULES:
-        bad(f"--schedule {cfg.schedule}: choose one of {', '.join(SCHEDULES)}.")
+    if cfg.schedule.startswith("interleaved"):
+        try:
+            interleaved_epochs(cfg.schedule, cfg.epochs, len(cfg.hidden))
+        except ValueError as e:
+            bad(f"--schedule {cfg.schedule}: "
+                + str(e).replace(f"schedule={cfg.schedule!r}", "").lstrip(": "))
+    elif cfg.schedule not in SCHEDULES:
+        bad(f"--schedule {cfg.schedule}: choose one of {', '.join(SCHEDULES)}, or "
+            "interleaved:E1,E2,... (each layer's epochs).")
     if cfg.schedule == "greedy" and cfg.epochs < len(cfg.hidden):
         bad(f"--schedule greedy trains one layer per phase: --epochs must be at least the "
             f"number of layers ({len(cfg.hidden)}).")

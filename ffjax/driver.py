@@ -83,10 +83,39 @@ def check_finite(report: EpochReport) -> None:
                                 float(ro[seed]))
 
 
+def interleaved_epochs(schedule: str, epochs: int, num_layers: int) -> tuple | None:
+    """Each layer's number of training epochs under "interleaved:E1,E2,..." (layer i
+    trains in the first Ei epochs only, then is frozen while the readout and the later
+    layers go on: the interleaved layer training of channel-wise competitive FF, which
+    stops each layer before it overfits); None for the other schedules. ValueError
+    names what is wrong."""
+    if not str(schedule).startswith("interleaved"):
+        return None
+    head, _, body = str(schedule).partition(":")
+    counts = body.split(",") if body else []
+    if head != "interleaved" or not counts or not all(c.strip().isdigit() for c in counts):
+        raise ValueError(f"schedule={schedule!r}: give interleaved:E1,E2,... with one "
+                         "number of epochs per layer, e.g. interleaved:2,3,4,5.")
+    counts = tuple(int(c) for c in counts)
+    if len(counts) != int(num_layers):
+        raise ValueError(f"schedule={schedule!r} gives {len(counts)} layers' epochs for "
+                         f"{num_layers} layers: give one per layer.")
+    if not all(1 <= c <= int(epochs) for c in counts):
+        raise ValueError(f"schedule={schedule!r}: every layer's epochs must be in "
+                         f"[1, {epochs}] (the run's epochs).")
+    return counts
+
+
 def phase_plan(schedule: str, epochs: int, num_layers: int) -> list:
     """[(trainable layers or None for all, epochs)] for a training schedule."""
+    counts = interleaved_epochs(schedule, epochs, num_layers)
+    if counts is not None:  # a phase between every two layers' ends; () trains none
+        ends = sorted(set(counts) | {int(epochs)})
+        return [(tuple(i for i, c in enumerate(counts) if c > start), end - start)
+                for start, end in zip([0] + ends[:-1], ends)]
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES}.")
+        raise ValueError(f"schedule={schedule!r}: choose one of {SCHEDULES} or "
+                         "interleaved:E1,E2,... (each layer's epochs).")
     if schedule == "simultaneous":
         return [(None, int(epochs))]
     if epochs < num_layers:
@@ -200,9 +229,11 @@ def fit(key: jax.Array, x_NxD, y_N, spec: FFSpec = FFSpec(), *, epochs: int,
         (jax.vmap over the training state and the keys). Run i is exactly the run
         fit(jax.random.split(key, num_seeds)[i], ...) would do; the state and every
         metric then have a leading axis of size num_seeds (model_state(state, i)).
-      schedule: "simultaneous" (every layer on every minibatch, the reference) or
+      schedule: "simultaneous" (every layer on every minibatch, the reference),
         "greedy" (layer k alone is trained during the k-th of L equal phases of the
-        epochs, the last phase taking the remainder; the readout trains throughout).
+        epochs, the last phase taking the remainder; the readout trains throughout) or
+        "interleaved:E1,...,EL" (layer k trains in the first Ek epochs only, its lr
+        schedule spanning them; the readout trains throughout).
       on_epoch: called after every epoch with its EpochReport and the new state; when it
         returns True, training stops after that epoch (FitResult.epochs_completed).
       resume_from: continue an interrupted run: called with a freshly initialized state
@@ -286,7 +317,10 @@ def make_program(key: jax.Array | None, x_NxD, y_N, spec: FFSpec = FFSpec(), *, 
         raise ValueError(f"num_seeds={num_seeds} must be a positive integer (or None).")
     spec = spec.for_input(x_NxD.shape[1:])
     steps = len(y_N) // int(batch_size)
-    span = max(n for _, n in phases)  # a layer's schedule spans the epochs it trains in
+    # A layer's lr schedule spans the epochs it trains in: with greedy, the longest
+    # phase; with interleaved, each its own.
+    span = (interleaved_epochs(schedule, epochs, spec.num_layers)
+            or max(n for _, n in phases))
     if isinstance(optimizer, optim.OptimizerSpec):
         if readout_optimizer is not None:
             raise ValueError("readout_optimizer is given with an OptimizerSpec, which "

@@ -154,11 +154,18 @@ def layer_learning_rates(lr: float, fan_ins, *, scaling: str = "fan_in") -> tupl
 
 
 def make_layer_optimizers(name: str = "adam", *, lr: float, fan_ins, scaling: str = "fan_in",
-                          **kwargs) -> tuple:
+                          total_steps=None, **kwargs) -> tuple:
     """One optimizer per layer, for layers of fan-ins `fan_ins` (FFSpec.layer_fan_ins),
-    with learning rates from layer_learning_rates; kwargs go to make_optimizer."""
+    with learning rates from layer_learning_rates; `total_steps` is one count for every
+    layer or one per layer; kwargs go to make_optimizer."""
     rates = layer_learning_rates(lr, list(fan_ins), scaling=scaling)
-    return tuple(make_optimizer(name, lr=r, **kwargs) for r in rates)
+    steps = (list(total_steps) if isinstance(total_steps, (list, tuple))
+             else [total_steps] * len(rates))
+    if len(steps) != len(rates):
+        raise ValueError(f"total_steps gives {len(steps)} layers' steps for {len(rates)} "
+                         "layers.")
+    return tuple(make_optimizer(name, lr=r, total_steps=n, **kwargs)
+                 for r, n in zip(rates, steps))
 
 
 def with_lr(optimizer: optax.GradientTransformation, lr) -> optax.GradientTransformation:
@@ -228,14 +235,17 @@ class OptimizerSpec:
                     decoupled_decay=self.decoupled_weight_decay,
                     steps_per_epoch=steps_per_epoch if self.lr_gain_per_epoch else None)
 
-    def layer_optimizers(self, fan_ins, *, steps_per_epoch: int, epochs: int,
+    def layer_optimizers(self, fan_ins, *, steps_per_epoch: int, epochs,
                          lr: float | None = None) -> tuple:
         """One optimizer per layer, for layers of fan-ins `fan_ins`
-        (FFSpec.layer_fan_ins), its schedule spanning `epochs` epochs (lr: override the
-        peak rate, e.g. 1.0 for a grid that scales each model's updates itself)."""
+        (FFSpec.layer_fan_ins), its schedule spanning `epochs` epochs (one count, or one
+        per layer) (lr: override the peak rate, e.g. 1.0 for a grid that scales each
+        model's updates itself)."""
+        steps = ([int(e) * int(steps_per_epoch) for e in epochs]
+                 if isinstance(epochs, (list, tuple)) else int(epochs) * int(steps_per_epoch))
         return make_layer_optimizers(
             self.name, lr=self.lr if lr is None else lr, fan_ins=fan_ins,
-            scaling=self.lr_scaling, total_steps=int(epochs) * int(steps_per_epoch),
+            scaling=self.lr_scaling, total_steps=steps,
             weight_decay=self.weight_decay, **self._shared(steps_per_epoch))
 
     def readout_optimizer(self, *, steps_per_epoch: int,

@@ -179,6 +179,9 @@ def _main(argv):
     (["--hidden", "pool:2"], "--hidden pool:2: unknown block 'pool:2'"),
     (["--time-limit", "2x"], "--time-limit 2x: give a duration such as 2h30m"),
     (["--train-size", "0"], "--train-size 0: must be a positive integer"),
+    (["--schedule", "interleaved:2,3"], "--schedule interleaved:2,3: gives 2 layers' epochs "
+                                        "for 4 layers"),
+    (["--schedule", "layerwise"], "--schedule layerwise: choose one of simultaneous, greedy"),
     # Unsupervised FF: the label and the negatives must agree.
     (["--label-encoding", "none"], "--negatives 'hard': writes wrong labels into the input"),
     (["--negatives", "hybrid"], "--negatives 'hybrid': makes label-free negatives"),

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ffjax import config, driver, epoch, inference, labels, network, readout
+from ffjax import config, driver, epoch, inference, labels, network, optim, readout
 from ffjax.spec import FFSpec
 from tests.conftest import assert_gradients_are_local
 
@@ -237,6 +237,37 @@ def test_greedy_schedule_trains_one_layer_per_phase():
                                                             jax.tree.leaves(snapshots[phase][k])))
             assert same == (k != phase), (phase, k)
 
+
+
+def test_interleaved_schedule_stops_each_layer_after_its_epochs():
+    assert driver.phase_plan("interleaved:2,3,5", 7, 3) == [
+        ((0, 1, 2), 2), ((1, 2), 1), ((2,), 2), ((), 2)]
+    assert driver.phase_plan("interleaved:3,3,3", 3, 3) == [((0, 1, 2), 3)]
+    for bad, msg in [("interleaved:2,3", "2 layers' epochs for 3 layers"),
+                     ("interleaved:2,3,8", r"in \[1, 7\]"), ("interleaved:0,1,2", r"in \[1, 7\]"),
+                     ("interleaved", "one number of epochs per layer"),
+                     ("interleaved:a,b,c", "one number of epochs per layer")]:
+        with pytest.raises(ValueError, match=msg):
+            driver.phase_plan(bad, 7, 3)
+    x, y = _toy(48)
+    snapshots = []
+    spec = FFSpec(hidden=SIZES[1:], num_classes=C, negatives="uniform", peer_strength=0.0)
+    # The lr falls linearly over each layer's own steps, so the span shows in epoch 1.
+    opt = optim.OptimizerSpec(lr_decay_start=0.0, lr_gain_per_epoch=False)
+    result = driver.fit(jax.random.key(0), x, y, spec, epochs=4, batch_size=16,
+                        optimizer=opt, schedule="interleaved:1,3,3",
+                        on_epoch=lambda r, st: snapshots.append(jax.tree.map(np.array, st)))
+
+    def same(a, b):
+        return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    # Layer 0 is frozen after epoch 1, layers 1 and 2 after epoch 3; the readout goes on.
+    assert [[same(snapshots[e - 1].layers[k], snapshots[e].layers[k]) for k in range(3)]
+            for e in (1, 2, 3)] == [[True, False, False]] * 2 + [[True, True, True]]
+    assert not same(snapshots[2].readout, snapshots[3].readout)
+    # Layer 0's epoch is the one a 1-epoch run trains: its lr schedule spans its own epoch.
+    alone = driver.fit(jax.random.key(0), x, y, spec, epochs=1, batch_size=16, optimizer=opt)
+    assert same(result.state.layers[0], alone.state.layers[0])
 
 def test_input_noise_and_readout_smoothing_act_in_training_only():
     """Noise changes training (deterministically per key) and nothing else; label
