@@ -45,8 +45,9 @@ conv)
   # The published channel-wise competitive geometry (--preset cifar10-conv, about 200 M
   # multiply-adds per example, 20 min per epoch on 2 CPU cores) on the validation split
   # of both datasets, one seed, 20 epochs; then on MNIST at the temperature the 3-conv
-  # screens chose (T 1). --time-limit stops a run with a checkpoint (kept small enough to
-  # come back), so a run cut short continues with --resume in a later session.
+  # screens chose (T 1). --time-limit stops a run with a checkpoint, which can continue
+  # with --resume on the same machine; archive $OUT without checkpoints/ to bring the
+  # records back (they exceed the device tool's per-file limit).
   limit=${FFJAX_GPU_CONV_LIMIT:-110s}
   for run in "mnist:" "fashion_mnist:" "mnist:--temperature 1"; do
     ds=${run%%:*}; read -r -a flags <<< "${run#*:}"
