@@ -178,7 +178,6 @@ def test_hinton_preset_is_the_reference_recipe():
 
 
 def test_smoothed_sgd_steps_follow_an_ema_of_the_gradient():
-    from ffjax import optim
     opt = optim.make_optimizer("smoothed_sgd", lr=0.1, momentum=0.9)
     p = jnp.zeros(2)
     st = opt.init(p)
