@@ -193,7 +193,6 @@ def test_lr_schedules_start_their_decay_where_told():
     decay_start=0.5 case, bit for bit; an earlier start falls over more epochs, towards 0
     at e = E + 1/2; the per-step schedule holds lr until its start, then falls linearly
     to 0 at the last step; a start outside [0, 1) is refused."""
-    from ffjax import optim
     E, spe, lr = 10, 3, 0.01
     steps = jnp.arange(E * spe)
     e = (steps // spe + 1).astype(jnp.float32)
