@@ -58,8 +58,14 @@ class Config:
     theta: typing.Optional[float] = _field(
         _SPEC.theta, "goodness threshold on the sum of squares (default: each layer's width)")
     norm: str = _field(_SPEC.norm, "length normalization before each layer: rms, rms_ref "
-                                   "(the reference code's epsilon, outside the root), l2 or "
-                                   "centered (the mean subtracted, then rms_ref)")
+                                   "(the reference code's epsilon, outside the root), l2, "
+                                   "centered (the mean subtracted, then rms_ref) or none")
+    output_norm: str = _field(_SPEC.output_norm, "normalization of each layer's output "
+                              "after the ReLU: none, or batch (per channel over the batch "
+                              "and locations, with a trained scale and offset; running "
+                              "statistics at test time)")
+    output_norm_momentum: float = _field(_SPEC.output_norm_momentum, "decay of the running "
+                                         "statistics of --output-norm batch")
     objective: str = _field(_SPEC.objective, "per-layer objective: "
                                              f"{', '.join(objective.OBJECTIVES)} (the "
                                              "class-group group_softmax needs "
@@ -433,6 +439,11 @@ def check_config(cfg: Config) -> None:
         bad(f"--lr {cfg.lr}: must be positive.")
     if cfg.norm not in layers.NORMS:
         bad(f"--norm {cfg.norm}: choose one of {', '.join(layers.NORMS)}.")
+    if cfg.output_norm not in layers.OUTPUT_NORMS:
+        bad(f"--output-norm {cfg.output_norm}: choose one of "
+            f"{', '.join(layers.OUTPUT_NORMS)}.")
+    if not 0 <= cfg.output_norm_momentum < 1:
+        bad(f"--output-norm-momentum {cfg.output_norm_momentum}: must be in [0, 1).")
     if cfg.theta is not None and not cfg.theta > 0:
         bad(f"--theta {cfg.theta}: must be positive.")
     if cfg.norm == "l2" and cfg.theta is None:
@@ -544,7 +555,9 @@ def spec_of(cfg: Config, num_classes: int, image_shape=None) -> FFSpec:
         hidden=tuple(cfg.hidden), input_shape=input_shape_of(cfg, image_shape),
         num_classes=num_classes, label_encoding=cfg.label_encoding,
         label_strength=cfg.label_strength,
-        norm=cfg.norm, theta=cfg.theta, objective=cfg.objective,
+        norm=cfg.norm, output_norm=cfg.output_norm,
+        output_norm_momentum=cfg.output_norm_momentum, theta=cfg.theta,
+        objective=cfg.objective,
         temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
         loss_scale=cfg.loss_scale, negatives=negatives_of(cfg, image_shape),
         peer_strength=cfg.peer_strength, goodness_scope=cfg.goodness_scope,

@@ -42,6 +42,15 @@ class TrainState(NamedTuple):
     probes: ReadoutState | None = None
 
 
+class Running(NamedTuple):
+    """What a training pass measures for the layers' running statistics, one entry per
+    layer: the updated peer-normalization means, and the positives' batch (mean, var)
+    of each output (spec.output_norm "batch"; None otherwise)."""
+
+    peer_means: tuple
+    norm_stats: tuple
+
+
 class ReadoutMetrics(NamedTuple):
     """Training cross-entropy and accuracy of the softmax readout (neutral-label pass)."""
 
@@ -158,10 +167,15 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
       dropout_key: draws spec.hidden_dropout's masks (network.forward_activities);
         needed exactly when spec.hidden_dropout > 0.
 
+    With spec.output_norm "batch", every layer's output is normalized with the
+    positives' batch statistics (network.forward_activities), which are returned for
+    the running averages.
+
     Returns:
       objectives: (L,) what each layer minimizes (loss_scale * FF loss + peer term);
       metrics: LayerMetrics with (L,) fields (the FF loss unscaled, without the peer term);
-      peer_means: tuple of the updated running means (unchanged when disabled).
+      running: Running: the updated peer means (unchanged when disabled) and the
+        output norms' batch statistics.
     """
     batch = x_pos.shape[0]
     if thetas is None:
@@ -170,11 +184,11 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
         raise ValueError(f"hidden_dropout={spec.hidden_dropout}: pass a dropout_key exactly "
                          "when the spec's hidden_dropout is above 0.")
     acts = network.forward_activities(params, jnp.concatenate([x_pos, x_neg], axis=0), spec,
-                                      dropout_key=dropout_key)
+                                      dropout_key=dropout_key, stats_rows=batch)
     if peer_means is None:
         peer_means = tuple(jnp.full(a.h.shape[1:], PEER_INIT, jnp.float32) for a in acts)
     peer_terms, new_means = [], []
-    for (z, h), m in zip(acts, peer_means):
+    for (z, h, _), m in zip(acts, peer_means):
         peer = jnp.zeros((), jnp.float32)
         if spec.peer_strength:
             m = spec.peer_momentum * m + (1.0 - spec.peer_momentum) * jax.lax.stop_gradient(
@@ -209,7 +223,10 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
         g_pos, g_neg = g[:, :batch], g[:, batch:]
         ff = obj(g_pos, g_neg, t)
         metrics = objective.layer_metrics(g_pos, g_neg, t, ff)
-    return spec.loss_scale * ff + jnp.stack(peer_terms), metrics, tuple(new_means)
+    stats = tuple(jax.lax.stop_gradient(a.stats) if a.stats is not None else None
+                  for a in acts)
+    return (spec.loss_scale * ff + jnp.stack(peer_terms), metrics,
+            Running(tuple(new_means), stats))
 
 
 def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSpec, *,
@@ -229,21 +246,34 @@ def train_step(state: TrainState, x_pos: jax.Array, x_neg: jax.Array, spec: FFSp
     peer_means = tuple(ls.peer_mean for ls in state.layers)
 
     def total(ps):
-        objs, metrics, means = local_losses(ps, x_pos, x_neg, spec, thetas=thetas,
-                                            peer_means=peer_means, y=y,
-                                            dropout_key=dropout_key)
-        return jnp.sum(objs), (metrics, means)
+        objs, metrics, running = local_losses(ps, x_pos, x_neg, spec, thetas=thetas,
+                                              peer_means=peer_means, y=y,
+                                              dropout_key=dropout_key)
+        return jnp.sum(objs), (metrics, running)
 
-    grads, (metrics, means) = jax.grad(total, has_aux=True)(params)
+    grads, (metrics, running) = jax.grad(total, has_aux=True)(params)
     new_layers = []
     opts = _per_layer(optimizer, len(params))
-    for i, (ls, g, m, opt) in enumerate(zip(state.layers, grads, means, opts)):
+    for i, (ls, g, m, stats, opt) in enumerate(zip(state.layers, grads, running.peer_means,
+                                                   running.norm_stats, opts)):
         if trainable is not None and i not in trainable:
             new_layers.append(ls)
             continue
         updates, opt_state = opt.update(g, ls.opt_state, ls.params)
-        new_layers.append(LayerState(optax.apply_updates(ls.params, updates), opt_state, m))
+        new_params = optax.apply_updates(ls.params, updates)
+        if stats is not None:
+            new_params = _with_running_stats(new_params, ls.params, stats, spec)
+        new_layers.append(LayerState(new_params, opt_state, m))
     return state._replace(layers=tuple(new_layers)), metrics
+
+
+def _with_running_stats(new: layers.NormedParams, old: layers.NormedParams, stats,
+                        spec: FFSpec) -> layers.NormedParams:
+    """new with its output norm's running mean and var moved from old's towards the
+    batch's `stats`; whatever the optimizer did to them (weight decay) is dropped."""
+    k = spec.output_norm_momentum
+    mean, var = (k * r + (1.0 - k) * b for r, b in zip((old.norm.mean, old.norm.var), stats))
+    return new._replace(norm=new.norm._replace(mean=mean, var=var))
 
 
 def _training_loss(logits_BxC, y_B, spec: FFSpec):

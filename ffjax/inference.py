@@ -66,10 +66,12 @@ def shares_first_layer(spec: FFSpec) -> bool:
     input then has the same norm (the label-free features plus s^2), so each one
     normalizes by the same factor r, and its pre-activation is r (x0 @ W + s W[c]) + b
     with x0 the input with its label features zeroed, for every norm that only scales
-    (not "centered").
+    (not "centered"). The shortcut computes relu(z) alone, so it also needs
+    output_norm "none".
     """
     return (isinstance(spec.encoding, encodings.FirstFeatures)
-            and isinstance(spec.blocks[0], layers.Dense) and spec.norm != "centered")
+            and isinstance(spec.blocks[0], layers.Dense) and spec.norm != "centered"
+            and spec.output_norm == "none")
 
 
 def layer_goodness_shared(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Array:
@@ -77,8 +79,8 @@ def layer_goodness_shared(params: layers.Network, x: jax.Array, spec: FFSpec) ->
     (shares_first_layer(spec) must hold): its cost falls from C matmuls to one."""
     if not shares_first_layer(spec):
         raise ValueError("layer_goodness_shared needs the first_features label encoding, "
-                         "a dense first block and a norm that only scales (not "
-                         "'centered'); use layer_goodness.")
+                         "a dense first block, a norm that only scales (not "
+                         "'centered') and no output_norm; use layer_goodness.")
     c, s = spec.num_classes, spec.encoding.strength
     flat = labels.to_float(x).reshape(x.shape[0], -1)
     base = flat.at[:, :c].set(0.0)

@@ -63,13 +63,17 @@ def normalize(x: jax.Array, *, norm: str) -> jax.Array:
         examples with mean square far below 1e-8 nearly silent; "l2" scales each example
         to unit Euclidean norm; "centered" subtracts each example's mean over its
         activity first and then scales as "rms_ref" (a layer norm without gain or bias:
-        the next layer reads how the units differ from the example's average activity).
+        the next layer reads how the units differ from the example's average activity);
+        "none" passes x on as it is (for layers whose outputs are normalized otherwise,
+        e.g. output_norm "batch": then the activity's size does reach the next layer).
 
     Returns:
       An array of the same shape; all-zero examples stay zero.
     """
     if x.ndim > 2:
         return normalize(x.reshape(x.shape[0], -1), norm=norm).reshape(x.shape)
+    if norm == "none":
+        return x
     if norm == "centered":
         return normalize(x - jnp.mean(x, axis=-1, keepdims=True), norm="rms_ref")
     sq = jnp.square(x)
@@ -90,6 +94,8 @@ def norm_scale(x: jax.Array, *, norm: str) -> jax.Array:
     if norm == "centered":
         raise ValueError("norm='centered' shifts each example as well as scaling it, so it "
                          "has no single factor; use normalize.")
+    if norm == "none":
+        return jnp.ones(x.shape[:1] + (1,), x.dtype)
     sq = jnp.square(x)
     if norm == "rms_ref":
         return 1.0 / (_REF_TINY + jnp.sqrt(jnp.mean(sq, axis=-1, keepdims=True)))
@@ -97,6 +103,64 @@ def norm_scale(x: jax.Array, *, norm: str) -> jax.Array:
     scale = jnp.mean(sq, axis=-1, keepdims=True) if norm == "rms" else jnp.sum(
         sq, axis=-1, keepdims=True)
     return jax.lax.rsqrt(scale + _EPS)
+
+
+OUTPUT_NORMS = ("none", "batch")
+BATCH_NORM_EPS = 1e-5  # under the root of the variance, as torch.nn.BatchNorm's
+
+
+class BatchNormParams(NamedTuple):
+    """Per-channel batch normalization of a layer's output (channels: the last axis).
+
+    scale and offset are trained by the layer's own loss; mean and var are running
+    averages of the training batches' statistics, which inference uses. They sit in the
+    parameters so that every reader of a network (inference, readouts, checkpoints,
+    vmapped seeds) has them, but no optimizer moves them: the training step overwrites
+    them with their running update (epoch.train_step), and training never reads them.
+    """
+
+    scale: jax.Array
+    offset: jax.Array
+    mean: jax.Array
+    var: jax.Array
+
+
+class NormedParams(NamedTuple):
+    """One layer's parameters with output normalization: the block's, then the norm's."""
+
+    block: Any
+    norm: BatchNormParams
+
+
+def check_output_norm(output_norm: str) -> None:
+    if output_norm not in OUTPUT_NORMS:
+        raise ValueError(f"output_norm={output_norm!r} is not supported; choose one of "
+                         f"{OUTPUT_NORMS}.")
+
+
+def init_batch_norm(channels: int) -> BatchNormParams:
+    """The identity at the start: scale 1, offset 0, running mean 0 and variance 1."""
+    # Four separate arrays: a jitted step that donates its state cannot donate one
+    # buffer twice.
+    ones, zeros = (lambda: jnp.ones((channels,), jnp.float32)), (
+        lambda: jnp.zeros((channels,), jnp.float32))
+    return BatchNormParams(scale=ones(), offset=zeros(), mean=zeros(), var=ones())
+
+
+def batch_stats(h: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
+    """(mean, var), each (channels,): the statistics of h's first `rows` examples over
+    the examples and every location (all axes but the last), the variance biased."""
+    h = h[:rows]
+    axes = tuple(range(h.ndim - 1))
+    mean = jnp.mean(h, axis=axes)
+    return mean, jnp.mean(jnp.square(h - mean), axis=axes)
+
+
+def batch_norm(p: BatchNormParams, h: jax.Array, stats=None) -> jax.Array:
+    """h with each channel standardized by `stats` (mean, var) (training: the batch's),
+    or by the running statistics in p when None (inference), then scaled and shifted."""
+    mean, var = (p.mean, p.var) if stats is None else stats
+    return (h - mean) * jax.lax.rsqrt(var + BATCH_NORM_EPS) * p.scale + p.offset
 
 
 class Block(NamedTuple):

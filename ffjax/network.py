@@ -13,10 +13,13 @@ from ffjax import layers
 
 
 class Activity(NamedTuple):
-    """One layer's pre-activation z and output h = relu(z), each (B, *shape)."""
+    """One layer's pre-activation z and output h, each (B, *shape): h = relu(z), then
+    batch-normalized per channel when spec.output_norm is "batch". stats: the (mean,
+    var) that normalized it when they were the batch's (training), else None."""
 
     z: jax.Array
     h: jax.Array
+    stats: tuple | None = None
 
 
 def init_network(key: jax.Array, spec) -> layers.Network:
@@ -26,12 +29,21 @@ def init_network(key: jax.Array, spec) -> layers.Network:
         raise ValueError("init_network needs spec.input_shape; use spec.for_input(shape).")
     keys = jax.random.split(key, spec.num_layers)
     shapes = (spec.network_input_shape,) + spec.layer_shapes[:-1]
-    return tuple(b.init(k, s) for b, k, s in zip(spec.blocks, keys, shapes))
+    net = tuple(b.init(k, s) for b, k, s in zip(spec.blocks, keys, shapes))
+    if spec.output_norm == "batch":
+        net = tuple(layers.NormedParams(p, layers.init_batch_norm(s[-1]))
+                    for p, s in zip(net, spec.layer_shapes))
+    return net
+
+
+def block_params(p, spec):
+    """A layer's block parameters (without its output normalization's)."""
+    return p.block if spec.output_norm == "batch" else p
 
 
 def forward_activities(params: layers.Network, x: jax.Array, spec, *,
-                       start: int = 0, dropout_key: jax.Array | None = None
-                       ) -> list[Activity]:
+                       start: int = 0, dropout_key: jax.Array | None = None,
+                       stats_rows: int | None = None) -> list[Activity]:
     """Every layer's Activity for the encoded input x (B, *network_input_shape); with
     start = k, the Activities of layers k.. for x the output of layer k - 1.
 
@@ -41,6 +53,11 @@ def forward_activities(params: layers.Network, x: jax.Array, spec, *,
     dropout_key, given only by training, zeroes spec.hidden_dropout of every hidden
     layer's units (fresh for each example and layer) in the input of the layer after it,
     before that layer normalizes its input; the image is never dropped.
+
+    With spec.output_norm "batch", stats_rows (given only by training: the number of
+    positives, which lead the batch) normalizes each layer's output with the statistics
+    of the batch's first stats_rows examples, so negatives are measured against data;
+    without it, the running statistics in the parameters normalize (inference).
     """
     acts, h = [], x
     drop = dropout_key is not None and spec.hidden_dropout > 0
@@ -50,9 +67,13 @@ def forward_activities(params: layers.Network, x: jax.Array, spec, *,
             keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i),
                                         1.0 - spec.hidden_dropout, h_in.shape)
             h_in = jnp.where(keep, h_in, 0.0)
-        z = block.apply(p, layers.normalize(h_in, norm=spec.norm))
-        h = jax.nn.relu(z)
-        acts.append(Activity(z, h))
+        z = block.apply(block_params(p, spec), layers.normalize(h_in, norm=spec.norm))
+        h, stats = jax.nn.relu(z), None
+        if spec.output_norm == "batch":
+            if stats_rows is not None:
+                stats = layers.batch_stats(h, stats_rows)
+            h = layers.batch_norm(p.norm, h, stats)
+        acts.append(Activity(z, h, stats))
     return acts
 
 

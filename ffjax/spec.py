@@ -51,8 +51,16 @@ class FFSpec:
         into the first C features), "channels" (C label channels appended to an
         image), "none", or your own object (ffjax.encodings).
       label_strength: value of the one-hot label.
-      norm: "rms", "rms_ref" (the reference code's epsilon), "l2" or "centered" (mean
-        subtracted, then "rms_ref") (layers.normalize).
+      norm: "rms", "rms_ref" (the reference code's epsilon), "l2", "centered" (mean
+        subtracted, then "rms_ref") or "none" (layers.normalize).
+      output_norm: "none", or "batch": each layer's output relu(z) standardized per
+        channel (the last axis) over the examples and locations, then scaled and shifted
+        by the layer's own trained scale and offset; its goodness and the next layer
+        read that. Training uses the positives' batch statistics, inference running
+        averages of them (layers.BatchNormParams). Channel-wise competitive conv FF
+        normalizes every layer's output this way.
+      output_norm_momentum: decay of those running averages (m <- momentum m +
+        (1 - momentum) batch statistic; 0.9 is torch.nn.BatchNorm's 0.1 update).
       theta: goodness threshold(s): None = each layer's number of units, one number, or
         one per layer.
       objective: "logistic", "symba", "collaborative", "hardest", your own function
@@ -94,6 +102,8 @@ class FFSpec:
     label_encoding: Any = "first_features"
     label_strength: float = 1.0
     norm: str = "rms_ref"
+    output_norm: str = "none"
+    output_norm_momentum: float = 0.9
     theta: Union[float, tuple, None] = None
     objective: Any = "logistic"
     temperature: float = 1.0
@@ -173,7 +183,7 @@ class FFSpec:
         objective.resolve_thetas(self.theta, self.scored_sizes)  # checks count and sign
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale",
                      "peer_strength", "peer_momentum", "input_noise",
-                     "hidden_dropout", "readout_label_smoothing"):
+                     "hidden_dropout", "readout_label_smoothing", "output_norm_momentum"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
                 raise ValueError(f"{name}={v!r} must be a finite number.")
@@ -183,10 +193,12 @@ class FFSpec:
         for name in ("input_noise", "peer_strength"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
-        for name in ("readout_label_smoothing", "peer_momentum", "hidden_dropout"):
+        for name in ("readout_label_smoothing", "peer_momentum", "hidden_dropout",
+                     "output_norm_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
         layers.check_norm(self.norm)
+        layers.check_output_norm(self.output_norm)
         for name in ("readout_layers", "score_layers"):  # checked here, resolved below
             if getattr(self, name) is not None:
                 set_(name, tuple(int(i) for i in getattr(self, name)))
