@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-NORMS = ("rms", "rms_ref", "l2", "centered")
+NORMS = ("rms", "rms_ref", "l2", "centered", "none")
 _EPS = 1e-8
 # The reference code's guard, added to the root rather than under it (see normalize).
 _REF_TINY = 1.9287498479639178e-22  # e^-50

@@ -42,6 +42,17 @@ def test_centered_normalize_gives_mean_zero_and_mean_square_one_and_has_no_scale
         layers.norm_scale(x.reshape(4, -1), norm="centered")
 
 
+def test_no_norm_passes_the_input_on_and_is_accepted_by_spec_and_cli():
+    from ffjax import config
+    from ffjax.spec import FFSpec
+    x = jax.random.normal(jax.random.key(3), (4, 2, 2, 3)) * 5.0
+    np.testing.assert_array_equal(layers.normalize(x, norm="none"), x)
+    np.testing.assert_array_equal(layers.norm_scale(x.reshape(4, -1), norm="none"), 1.0)
+    assert FFSpec(hidden=(8,), norm="none").norm == "none"
+    cfg = config.parse_config(["--norm", "none", "--hidden", "8"], config.Config())
+    config.check_config(cfg)  # no refusal
+
+
 def test_normalize_keeps_direction_and_zero_rows():
     x = jnp.array([[3.0, 4.0], [0.0, 0.0]])
     y = layers.normalize(x, norm="l2")
