@@ -63,6 +63,10 @@ class BlockNet(nn.Module):
     @nn.compact
     def __call__(self, x_BxD):
         spec = self.spec
+        if spec.output_norm != "none":  # would be silently left out below
+            raise ValueError(f"the backprop baseline does not build output_norm="
+                             f"{spec.output_norm!r}; compare networks without it "
+                             "(--output-norm none).")
         h = x_BxD.reshape((x_BxD.shape[0],) + spec.input_shape)
         shapes = (spec.network_input_shape,) + spec.layer_shapes[:-1]
         for i, (block, shape) in enumerate(zip(spec.blocks, shapes)):

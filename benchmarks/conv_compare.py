@@ -33,6 +33,10 @@ EXTRA = {"bp_lr": dict(type=float, default=1e-3, help="Adam learning rate of bac
 def main(argv=None):
     cfg, extra = config.parse_config_with(argv, DEFAULTS, __doc__.splitlines()[0], EXTRA)
     config.check_config(cfg)
+    if cfg.output_norm != "none":  # refused before any training, not after the FF epochs
+        raise SystemExit(f"error: --output-norm {cfg.output_norm}: the backprop baseline "
+                         "(baselines.BlockNet) has no output normalization; compare with "
+                         "--output-norm none.")
     name = data.canonical_name(cfg.dataset)
     ds = data.load(cfg.dataset, cfg.data_dir)
     spec = config.spec_of(cfg, ds.num_classes, data.IMAGE_SHAPES[name])

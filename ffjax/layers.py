@@ -116,7 +116,9 @@ class BatchNormParams(NamedTuple):
     averages of the training batches' statistics, which inference uses. They sit in the
     parameters so that every reader of a network (inference, readouts, checkpoints,
     vmapped seeds) has them, but no optimizer moves them: the training step overwrites
-    them with their running update (epoch.train_step), and training never reads them.
+    them with their running update (epoch.train_step). The layers' own losses never read
+    them (they use the batch's statistics); the readout and the probes, trained on what
+    inference computes, do.
     """
 
     scale: jax.Array

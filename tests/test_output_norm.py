@@ -212,3 +212,10 @@ def test_bad_output_norm_flags_get_one_line(args, msg):
     code, err = quietly(experiment.main, mnist.DEFAULTS, "test",
                         ["--preset", "mnist-conv", *args])
     assert code == 2 and msg in err and "Traceback" not in err, err
+
+
+def test_the_backprop_baseline_refuses_what_it_would_leave_out():
+    from benchmarks import baselines
+    model = baselines.BlockNet(FFSpec(**GROUPS))
+    with pytest.raises(ValueError, match="does not build output_norm='batch'"):
+        model.init(jax.random.key(0), jnp.zeros((1, 72)))
