@@ -55,6 +55,17 @@ SCRIPT = textwrap.dedent("""
         float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
               / max(1.0, float(np.max(np.abs(np.asarray(b))))))
         for a, b in zip(jax.tree.leaves(cruns[8].state), jax.tree.leaves(cruns[None].state)))
+    # With batch-normalized outputs, the statistics are the whole minibatch's (all 8
+    # devices' rows), so the split run still equals the single-device one.
+    bn = FFSpec(hidden=("conv:4:3:s2:p2", "local:4:3:valid", 16), input_shape=(28, 28, 1),
+                negatives="uniform", output_norm="batch")
+    bruns = {n: driver.fit(jax.random.key(0), xi, y[:400], bn, epochs=2, batch_size=80,
+                           optimizer=optax.sgd(0.01), readout_optimizer=optax.sgd(0.1),
+                           devices=n) for n in (None, 8)}
+    out["bn_max_param_diff"] = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
+              / max(1.0, float(np.max(np.abs(np.asarray(b))))))
+        for a, b in zip(jax.tree.leaves(bruns[8].state), jax.tree.leaves(bruns[None].state)))
     leaf = runs[8].state.layers[0].params.w
     out["devices_of_state"] = len(leaf.sharding.device_set)
     out["replicated"] = bool(leaf.sharding.is_fully_replicated)
@@ -115,6 +126,7 @@ def test_eight_device_run_equals_the_single_device_run(data_dir):
                 assert abs(u - v) <= 1e-4 * max(1.0, abs(v)), (n, a, b)
         assert out["max_param_diff"][n] < 1e-4, out["max_param_diff"]
     assert out["conv_max_param_diff"] < 1e-4, out["conv_max_param_diff"]
+    assert out["bn_max_param_diff"] < 1e-4, out["bn_max_param_diff"]
     assert out["devices_of_state"] == 8 and out["replicated"]
     assert out["seeds_loss_shape"] == [2, 1]
     assert out["all_reduce"]
