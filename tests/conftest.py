@@ -56,6 +56,27 @@ def assert_gradients_are_local(losses, params) -> None:
                 assert total == 0.0, f"layer {k}'s loss sends gradient to layer {j}"
 
 
+def assert_resume_is_exact(tmp_path, x, y, spec, **fit_kwargs):
+    """Trains driver.fit(..., epochs=3) through, saving its state after epoch 2 in an
+    orbax checkpoint, then again from that checkpoint: both end bit-identical. Returns
+    the uninterrupted run's FitResult."""
+    from ffjax import checkpoint, driver
+    import chex
+    ckpts = checkpoint.Checkpoints(tmp_path)
+
+    def save_after_two(report, state):  # the uninterrupted run's state after 2 epochs
+        if report.epoch == 1:
+            ckpts.save(2, state)
+
+    whole = driver.fit(jax.random.key(0), x, y, spec, epochs=3, on_epoch=save_after_two,
+                       **fit_kwargs)
+    resumed = driver.fit(jax.random.key(0), x, y, spec, epochs=3, start_epoch=2,
+                         resume_from=lambda like: ckpts.restore(2, like), **fit_kwargs)
+    ckpts.close()
+    chex.assert_trees_all_equal(whole.state, resumed.state)
+    return whole
+
+
 def quietly(fn, *args):
     """(fn(*args), what it wrote to stderr), its stdout dropped: how the tests run an
     entry point's main in this process and read its refusals."""

@@ -14,7 +14,7 @@ import pytest
 from ffjax import (driver, encodings, epoch, inference, labels, layers, negatives, network,
                    optim, readout)
 from ffjax.spec import FFSpec
-from tests.conftest import assert_gradients_are_local
+from tests.conftest import assert_gradients_are_local, assert_resume_is_exact
 
 IMG = (6, 6, 2)
 C = 3
@@ -365,23 +365,10 @@ def test_per_location_goodness_scores_each_location():
 def test_a_conv_run_resumed_from_its_checkpoint_ends_bit_identical(tmp_path):
     """Conv and local parameters (flax-style dicts) round-trip through the orbax
     checkpoint, and the resumed run repeats the uninterrupted one exactly."""
-    from ffjax import checkpoint
     spec = FFSpec(hidden=("conv:4:3:p2", "local:3:3:valid"), input_shape=IMG,
                   num_classes=C)
     x, y = _data(spec, n=40)
-    common = dict(epochs=3, batch_size=10)
-    ckpts = checkpoint.Checkpoints(tmp_path)
-
-    def save_after_two(report, state):  # the uninterrupted run's state after 2 epochs
-        if report.epoch == 1:
-            ckpts.save(2, state)
-
-    whole = driver.fit(jax.random.key(0), x, y, spec, on_epoch=save_after_two, **common)
-    resumed = driver.fit(jax.random.key(0), x, y, spec, start_epoch=2,
-                         resume_from=lambda like: ckpts.restore(2, like), **common)
-    ckpts.close()
-    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
-        np.testing.assert_array_equal(a, b)
+    assert_resume_is_exact(tmp_path, x, y, spec, batch_size=10)
 
 
 def test_a_registered_generator_is_a_command_line_choice(monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 
 from ffjax import config, driver, epoch, inference, labels, layers, network
 from ffjax.spec import FFSpec
-from tests.conftest import assert_gradients_are_local, quietly
+from tests.conftest import assert_gradients_are_local, assert_resume_is_exact, quietly
 
 IMG = (6, 6, 2)
 C = 3
@@ -154,16 +154,11 @@ def test_a_step_moves_the_running_statistics_by_the_momentum_and_nothing_else():
 
 
 def test_a_batch_normalized_run_traces_once_resumes_exactly_and_vmaps(tmp_path):
-    from ffjax import checkpoint
-    # Batches of 20 and a 30-unit last layer: with 10 examples some units' batch
-    # variance nears 0, and dividing by its root magnifies float rounding (different
-    # in a vmapped program) into visible differences. SGD, as Adam does the same for
-    # near-zero gradients.
     spec = dataclasses.replace(FFSpec(**GROUPS), readout=True,
                                hidden=("conv:6:3", "conv:6:3:p2", 30))
     x, y = _data(spec, n=40)
     opt = optax.sgd(0.05, momentum=0.9)
-    common = dict(epochs=3, batch_size=20, optimizer=opt, readout_optimizer=opt)
+    common = dict(batch_size=20, optimizer=opt, readout_optimizer=opt)
     st = epoch.init_train_state(jax.random.key(0), spec, IMG, opt, opt)
     ep = jax.jit(chex.assert_max_traces(epoch.make_train_epoch(
         spec, opt, opt, batch_size=20), n=1), donate_argnums=0)
@@ -171,24 +166,15 @@ def test_a_batch_normalized_run_traces_once_resumes_exactly_and_vmaps(tmp_path):
         st, _ = ep(st, x, y, jax.random.fold_in(jax.random.key(1), e))
     chex.clear_trace_counter()
 
-    ckpts = checkpoint.Checkpoints(tmp_path)
-
-    def save_after_two(report, state):
-        if report.epoch == 1:
-            ckpts.save(2, state)
-
-    whole = driver.fit(jax.random.key(0), x, y, spec, on_epoch=save_after_two, **common)
-    resumed = driver.fit(jax.random.key(0), x, y, spec, start_epoch=2,
-                         resume_from=lambda like: ckpts.restore(2, like), **common)
-    ckpts.close()
-    chex.assert_trees_all_equal(whole.state, resumed.state)
+    whole = assert_resume_is_exact(tmp_path, x, y, spec, **common)
     running = [p.norm.mean for p in epoch.params_of(whole.state)]
     assert all(float(jnp.abs(m).sum()) > 0 for m in running)  # the statistics moved
 
     with jax.debug_key_reuse(False):  # see tests/test_recipe.py's vmapped-seeds test
-        many = driver.fit(jax.random.key(7), x, y, spec, num_seeds=2, **common)
+        many = driver.fit(jax.random.key(7), x, y, spec, epochs=3, num_seeds=2, **common)
     for i in range(2):
-        one = driver.fit(jax.random.split(jax.random.key(7), 2)[i], x, y, spec, **common)
+        one = driver.fit(jax.random.split(jax.random.key(7), 2)[i], x, y, spec, epochs=3,
+                         **common)
         for a, b in zip(jax.tree.leaves(one.state), jax.tree.leaves(many.state)):
             np.testing.assert_allclose(a, b[i], rtol=2e-5, atol=2e-6)
 

@@ -36,36 +36,28 @@ SCRIPT = textwrap.dedent("""
                        batch_size=80, optimizer=optax.sgd(0.01),
                        readout_optimizer=optax.sgd(0.1), devices=n)
         runs[n] = r
+
+    def rel_diff(state, base):  # largest difference, relative to the leaf's largest value
+        return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
+                         / max(1.0, float(np.max(np.abs(np.asarray(b))))))
+                   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(base)))
+
     out = {"loss": {}, "max_param_diff": {}}
-    base = jax.tree.leaves(runs[None].state)
     for n, r in runs.items():
         out["loss"][str(n)] = np.stack([h.metrics.layers.loss for h in r.history]).tolist()
-        out["max_param_diff"][str(n)] = max(  # relative to the leaf's largest value
-            float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
-                  / max(1.0, float(np.max(np.abs(np.asarray(b))))))
-            for a, b in zip(jax.tree.leaves(r.state), base))
-    # A conv network split over 8 devices equals its single-device run too.
-    conv = FFSpec(hidden=("conv:4:3:s2:p2", "local:4:3:valid", 16), input_shape=(28, 28, 1),
-                  negatives="uniform")
+        out["max_param_diff"][str(n)] = rel_diff(r.state, runs[None].state)
+    # A conv network split over 8 devices equals its single-device run too, and so does
+    # one with batch-normalized outputs: their statistics are the whole minibatch's (all
+    # 8 devices' rows).
     xi = x[:400].reshape(-1, 28, 28, 1)
-    cruns = {n: driver.fit(jax.random.key(0), xi, y[:400], conv, epochs=2, batch_size=80,
-                           optimizer=optax.sgd(0.01), readout_optimizer=optax.sgd(0.1),
-                           devices=n) for n in (None, 8)}
-    out["conv_max_param_diff"] = max(
-        float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
-              / max(1.0, float(np.max(np.abs(np.asarray(b))))))
-        for a, b in zip(jax.tree.leaves(cruns[8].state), jax.tree.leaves(cruns[None].state)))
-    # With batch-normalized outputs, the statistics are the whole minibatch's (all 8
-    # devices' rows), so the split run still equals the single-device one.
-    bn = FFSpec(hidden=("conv:4:3:s2:p2", "local:4:3:valid", 16), input_shape=(28, 28, 1),
-                negatives="uniform", output_norm="batch")
-    bruns = {n: driver.fit(jax.random.key(0), xi, y[:400], bn, epochs=2, batch_size=80,
-                           optimizer=optax.sgd(0.01), readout_optimizer=optax.sgd(0.1),
-                           devices=n) for n in (None, 8)}
-    out["bn_max_param_diff"] = max(
-        float(np.max(np.abs(np.asarray(a) - np.asarray(b)))
-              / max(1.0, float(np.max(np.abs(np.asarray(b))))))
-        for a, b in zip(jax.tree.leaves(bruns[8].state), jax.tree.leaves(bruns[None].state)))
+    for name, output_norm in (("conv", "none"), ("bn", "batch")):
+        conv = FFSpec(hidden=("conv:4:3:s2:p2", "local:4:3:valid", 16),
+                      input_shape=(28, 28, 1), negatives="uniform", output_norm=output_norm)
+        cruns = {n: driver.fit(jax.random.key(0), xi, y[:400], conv, epochs=2,
+                               batch_size=80, optimizer=optax.sgd(0.01),
+                               readout_optimizer=optax.sgd(0.1), devices=n)
+                 for n in (None, 8)}
+        out[f"{name}_max_param_diff"] = rel_diff(cruns[8].state, cruns[None].state)
     leaf = runs[8].state.layers[0].params.w
     out["devices_of_state"] = len(leaf.sharding.device_set)
     out["replicated"] = bool(leaf.sharding.is_fully_replicated)
