@@ -144,9 +144,11 @@ def init_batch_norm(channels: int) -> BatchNormParams:
     """The identity at the start: scale 1, offset 0, running mean 0 and variance 1."""
     # Four separate arrays: a jitted step that donates its state cannot donate one
     # buffer twice.
-    ones, zeros = (lambda: jnp.ones((channels,), jnp.float32)), (
-        lambda: jnp.zeros((channels,), jnp.float32))
-    return BatchNormParams(scale=ones(), offset=zeros(), mean=zeros(), var=ones())
+    shape = (channels,)
+    return BatchNormParams(scale=jnp.ones(shape, jnp.float32),
+                           offset=jnp.zeros(shape, jnp.float32),
+                           mean=jnp.zeros(shape, jnp.float32),
+                           var=jnp.ones(shape, jnp.float32))
 
 
 def batch_stats(h: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
