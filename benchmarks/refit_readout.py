@@ -72,8 +72,10 @@ def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classe
         targets = optax.smooth_labels(jax.nn.one_hot(yb, num_classes), how.label_smoothing)
         return jnp.mean(optax.softmax_cross_entropy(readout.logits(p, xb), targets))
 
+    # x and y are arguments, not closed over: a closure would copy the features into the
+    # compiled program as constants (gigabytes for conv layers).
     @jax.jit
-    def one_epoch(p, opt_state, key):
+    def one_epoch(p, opt_state, key, x, y):
         order = jax.random.permutation(key, len(y_fit))[:steps * how.batch_size]
 
         def step(carry, idx):
@@ -87,7 +89,7 @@ def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classe
     opt_state = opt.init(p)
     curve = []
     for key in jax.random.split(jax.random.key(how.seed), how.epochs):
-        p, opt_state = one_epoch(p, opt_state, key)
+        p, opt_state = one_epoch(p, opt_state, key, x, y)
         curve.append(_accuracy(p, xv, y_val))
     return curve, _accuracy(p, x, y_fit)
 
