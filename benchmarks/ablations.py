@@ -372,7 +372,8 @@ ROWS += [("unsupervised, round 14", label, [*HYBRID_30, *flags])
 PAPER_CONV = _as_conv(PAPER_LOCAL)
 ROWS += [("conv, round 3", label, flags) for label, flags in [
     ("mnist-conv preset on Fashion-MNIST, 10 epochs",
-     ["--preset", "mnist-conv", "--output-norm", "none", "--dataset", "fashion_mnist", "--epochs", "10"]),
+     ["--preset", "mnist-conv", "--output-norm", "none", "--dataset", "fashion_mnist",
+      "--epochs", "10"]),
     (f"{' '.join(PAPER_CONV)}, hybrid negatives, no label, 10 epochs",
      ["--hidden", *PAPER_CONV, *LOCAL_UNSUP]),
 ]]
@@ -382,13 +383,16 @@ ROWS += [("conv, round 3", label, flags) for label, flags in [
 # the 10 classes, without and with weight sharing.
 PAPER_GROUPS = ["local:130:10:s6:valid", "local:220:2:valid", "local:510:2:valid"]
 ROWS += [("conv, round 4", f"{' '.join(hidden)}, class groups, 10 epochs",
-          ["--preset", "mnist-conv", "--output-norm", "none", "--hidden", *hidden, "--epochs", "10"])
+          ["--preset", "mnist-conv", "--output-norm", "none", "--hidden", *hidden,
+           "--epochs", "10"])
          for hidden in (PAPER_GROUPS, _as_conv(PAPER_GROUPS))]
 
 # Conv, round 5 (20 epochs, MNIST): the local class-group network's training loss reached 0
 # by epoch 30 while validation stalled, so the two regularizers at hand: input noise (the
 # unsupervised local network's one gain) and Adam's decoupled weight decay.
-LOCAL_GROUPS_20 = ["--preset", "mnist-conv", "--output-norm", "none", "--hidden", *PAPER_GROUPS, "--epochs", "20"]
+# (--output-norm none: these rounds ran before the preset batch-normalized its layers.)
+LOCAL_GROUPS_20 = ["--preset", "mnist-conv", "--output-norm", "none", "--hidden",
+                   *PAPER_GROUPS, "--epochs", "20"]
 ROWS += [("conv, round 5", f"local class groups, {label}, 20 epochs", [*LOCAL_GROUPS_20, *flags])
          for label, flags in [
     ("the preset's update", []),

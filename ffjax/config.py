@@ -189,8 +189,8 @@ class Config:
               "its unsupervised FF (hybrid negatives, no label), 4 x 2000; "
               "hinton-unsupervised-local = the same with the paper's local receptive "
               "fields (three locally connected layers); mnist-conv = three "
-              "batch-normalized conv layers with class-group competition; cifar10-conv = a conv network "
-              "for CIFAR-10 (unmeasured)")
+              "batch-normalized conv layers with class-group competition; "
+              "cifar10-conv = a conv network for CIFAR-10 (unmeasured)")
 
 
 # Named settings. "hinton" is the reference recipe of the author's MATLAB code
