@@ -154,6 +154,10 @@ def test_a_step_moves_the_running_statistics_by_the_momentum_and_nothing_else():
 
 
 def test_a_batch_normalized_run_traces_once_resumes_exactly_and_vmaps(tmp_path):
+    # Batches of 20 and a 30-unit last layer: with 10 examples some units' batch
+    # variance nears 0, and dividing by its root magnifies float rounding (different
+    # in a vmapped program) into visible differences. SGD, as Adam does the same for
+    # near-zero gradients.
     spec = dataclasses.replace(FFSpec(**GROUPS), readout=True,
                                hidden=("conv:6:3", "conv:6:3:p2", 30))
     x, y = _data(spec, n=40)
