@@ -54,30 +54,34 @@ class CNN(nn.Module):
 
 class BlockNet(nn.Module):
     """The FF network of `spec` (its blocks, normalization placement and shapes) trained
-    by backprop: normalize -> block -> ReLU per layer with no gradient stopped, then
-    normalize -> dense logits on the last layer's flattened activity. Inputs arrive flat
-    (B, D) and are shaped to spec.input_shape."""
+    by backprop: normalize -> block -> ReLU per layer with no gradient stopped (then, with
+    spec.output_norm "batch", per-channel batch normalization with spec's momentum and
+    ffjax's epsilon: the batch's statistics when `train`, the running ones otherwise),
+    then normalize -> dense logits on the last layer's flattened activity. Inputs arrive
+    flat (B, D) and are shaped to spec.input_shape."""
 
     spec: object
 
     @nn.compact
-    def __call__(self, x_BxD):
+    def __call__(self, x_BxD, train: bool = False):
         spec = self.spec
-        if spec.output_norm != "none":  # would be silently left out below
-            raise ValueError(f"the backprop baseline does not build output_norm="
-                             f"{spec.output_norm!r}; compare networks without it "
-                             "(--output-norm none).")
+        layers.check_output_norm(spec.output_norm)
         h = x_BxD.reshape((x_BxD.shape[0],) + spec.input_shape)
         shapes = (spec.network_input_shape,) + spec.layer_shapes[:-1]
         for i, (block, shape) in enumerate(zip(spec.blocks, shapes)):
             p = self.param(f"block_{i}", lambda key, b=block, s=shape: b.init(key, s))
             h = nn.relu(block.apply(p, layers.normalize(h, norm=spec.norm)))
+            if spec.output_norm == "batch":
+                h = nn.BatchNorm(use_running_average=not train,
+                                 momentum=spec.output_norm_momentum,
+                                 epsilon=layers.BATCH_NORM_EPS, name=f"norm_{i}")(h)
         h = layers.normalize(h.reshape(h.shape[0], -1), norm=spec.norm)
         return nn.Dense(spec.num_classes)(h)
 
 
 class BPState(NamedTuple):
-    """Parameters and optimizer state of a backprop model."""
+    """A backprop model's variables (its "params" and any other collection, such as
+    BlockNet's "batch_stats") and the optimizer state of its "params"."""
 
     params: dict
     opt_state: optax.OptState
@@ -85,23 +89,33 @@ class BPState(NamedTuple):
 
 def init_state(key: jax.Array, model: nn.Module, num_inputs: int,
                optimizer: optax.GradientTransformation) -> BPState:
-    params = model.init(key, jnp.zeros((1, num_inputs), jnp.float32))
-    return BPState(params, optimizer.init(params))
+    variables = model.init(key, jnp.zeros((1, num_inputs), jnp.float32))
+    return BPState(variables, optimizer.init(variables["params"]))
 
 
 def make_bp_step(model: nn.Module, optimizer: optax.GradientTransformation) -> Callable:
     """`step(state, x_BxD, y_B) -> (state, (loss, accuracy))`: one cross-entropy update
-    (pure; not jitted)."""
+    (pure; not jitted). A model with collections besides "params" (batch statistics) is
+    called with train=True, and those collections take the values it returns."""
 
     def step(st: BPState, x_raw, y):
-        def loss_fn(p):
-            lg = model.apply(p, labels.to_float(x_raw))
-            correct = (jnp.argmax(lg, -1) == y).astype(jnp.float32)
-            return readout.cross_entropy(lg, y), jnp.mean(correct)
+        others = {k: v for k, v in st.params.items() if k != "params"}
 
-        (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(st.params)
-        updates, opt_state = optimizer.update(g, st.opt_state, st.params)
-        return BPState(optax.apply_updates(st.params, updates), opt_state), (loss, acc)
+        def loss_fn(p):
+            x = labels.to_float(x_raw)
+            if others:
+                lg, new_others = model.apply({"params": p, **others}, x, train=True,
+                                             mutable=list(others))
+            else:
+                lg, new_others = model.apply({"params": p}, x), {}
+            correct = (jnp.argmax(lg, -1) == y).astype(jnp.float32)
+            return readout.cross_entropy(lg, y), (jnp.mean(correct), new_others)
+
+        (loss, (acc, new_others)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            st.params["params"])
+        updates, opt_state = optimizer.update(g, st.opt_state, st.params["params"])
+        params = optax.apply_updates(st.params["params"], updates)
+        return BPState({"params": params, **new_others}, opt_state), (loss, acc)
 
     return step
 
@@ -129,7 +143,8 @@ def make_bp_epoch(model: nn.Module, optimizer: optax.GradientTransformation, *,
 
 
 def make_bp_predict(model: nn.Module, *, chunk_size: int = 10_000) -> Callable:
-    """`predict(params, x_NxD) -> (N,)` class indices, in chunks of `chunk_size`."""
+    """`predict(variables, x_NxD) -> (N,)` class indices, in chunks of `chunk_size`
+    (a model with batch statistics uses its running ones)."""
 
     @jax.jit
     def predict(params, x_NxD):

@@ -30,9 +30,11 @@ def test_conv_compare_benchmark_writes_its_record(data_dir, tmp_path):
     from benchmarks import conv_compare
     out = tmp_path / "cc.json"
     conv_compare.main(["--data-dir", str(data_dir), "--hidden", "conv:4:3:s2:p2", "16",
-                       "--epochs", "1", "--train-size", "10000", "--out", str(out)])
+                       "--output-norm", "batch", "--epochs", "1", "--train-size", "10000",
+                       "--out", str(out)])
     rec = json.loads(out.read_text())
     assert rec["split"] == "validation" and rec["hidden"] == ["conv:4:3:s2:p2", "16"]
+    assert rec["ff_config"]["output_norm"] == "batch"
     assert rec["ff_over_bp_epoch_time"] > 0
     assert 0.5 < rec["bp"][0]["accuracy"] <= 1 and 0 < rec["ff"][0]["accuracy"] <= 1
 

@@ -204,8 +204,55 @@ def test_bad_output_norm_flags_get_one_line(args, msg):
     assert code == 2 and msg in err and "Traceback" not in err, err
 
 
-def test_the_backprop_baseline_refuses_what_it_would_leave_out():
+def test_the_backprop_baseline_normalizes_as_the_ff_network_does():
+    """baselines.BlockNet given the FF network's block, scale and offset parameters and
+    running statistics computes the FF forward pass: with the running statistics at
+    inference, and in training with the batch's, which it then moves into its running
+    averages as the FF step does (spec.output_norm_momentum)."""
     from benchmarks import baselines
-    model = baselines.BlockNet(FFSpec(**GROUPS))
-    with pytest.raises(ValueError, match="does not build output_norm='batch'"):
-        model.init(jax.random.key(0), jnp.zeros((1, 72)))
+    spec = FFSpec(**GROUPS)
+    params = _with_running(network.init_network(jax.random.key(0), spec))
+    model = baselines.BlockNet(spec)
+    x = jax.random.uniform(jax.random.key(1), (12,) + IMG)
+    flat = x.reshape(len(x), -1)
+    dense = model.init(jax.random.key(2), flat[:1])["params"]["Dense_0"]
+    variables = {
+        "params": {"Dense_0": dense,
+                   **{f"block_{i}": p.block for i, p in enumerate(params)},
+                   **{f"norm_{i}": {"scale": p.norm.scale, "bias": p.norm.offset}
+                      for i, p in enumerate(params)}},
+        "batch_stats": {f"norm_{i}": {"mean": p.norm.mean, "var": p.norm.var}
+                        for i, p in enumerate(params)}}
+
+    def logits(h):
+        h = layers.normalize(h.reshape(len(h), -1), norm=spec.norm)
+        return h @ dense["kernel"] + dense["bias"]
+
+    h_eval = network.forward(params, x, spec)[-1]
+    np.testing.assert_allclose(model.apply(variables, flat), logits(h_eval),
+                               rtol=1e-4, atol=1e-5)
+    acts = network.forward_activities(params, x, spec, stats_rows=len(x))
+    got, updated = model.apply(variables, flat, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(got, logits(acts[-1].h), rtol=1e-4, atol=1e-4)
+    k = spec.output_norm_momentum
+    for i, (a, p) in enumerate(zip(acts, params)):
+        new = updated["batch_stats"][f"norm_{i}"]
+        np.testing.assert_allclose(new["mean"], k * p.norm.mean + (1 - k) * a.stats[0],
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(new["var"], k * p.norm.var + (1 - k) * a.stats[1],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_a_backprop_step_moves_the_running_statistics_and_trains_the_rest():
+    from benchmarks import baselines
+    spec = FFSpec(**GROUPS)
+    model, opt = baselines.BlockNet(spec), optax.adam(1e-3)
+    state = baselines.init_state(jax.random.key(0), model, 72, opt)
+    x = jax.random.uniform(jax.random.key(1), (8, 72))
+    y = jnp.arange(8) % C
+    new, (loss, acc) = jax.jit(baselines.make_bp_step(model, opt))(state, x, y)
+    assert set(new.params) == {"params", "batch_stats"} and np.isfinite(loss)
+    for old_leaf, new_leaf in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+        assert not np.array_equal(old_leaf, new_leaf)
+    preds = baselines.make_bp_predict(model)(new.params, x)
+    assert preds.shape == (8,)
