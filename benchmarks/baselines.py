@@ -100,9 +100,9 @@ def make_bp_step(model: nn.Module, optimizer: optax.GradientTransformation) -> C
 
     def step(st: BPState, x_raw, y):
         others = {k: v for k, v in st.params.items() if k != "params"}
+        x = labels.to_float(x_raw)
 
         def loss_fn(p):
-            x = labels.to_float(x_raw)
             if others:
                 lg, new_others = model.apply({"params": p, **others}, x, train=True,
                                              mutable=list(others))

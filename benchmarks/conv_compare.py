@@ -4,8 +4,8 @@
 Both train on the same examples for the same epochs in the same scanned-epoch loop
 structure: FF as the FF flags given say (the experiments' CLI flags, e.g. --hidden
 conv:20:5:p2 conv:80:3:p2 --objective group_softmax ...), backprop on baselines.BlockNet
-(the same blocks, normalization, output batch normalization and shapes, a dense softmax
-layer on the last one, Adam).
+(the same blocks, normalization and shapes, the same output batch normalization when the
+FF flags ask for it, a dense softmax layer on the last one, Adam).
 After every epoch both are scored on the validation split (the last 10k training images;
 --test scores the test set instead): FF by its goodness (or class-group) readout and its
 softmax readout. Reports the median seconds per epoch (compilation apart), their ratio,
