@@ -83,7 +83,7 @@ class BPState(NamedTuple):
     """A backprop model's variables (its "params" and any other collection, such as
     BlockNet's "batch_stats") and the optimizer state of its "params"."""
 
-    params: dict
+    variables: dict
     opt_state: optax.OptState
 
 
@@ -99,7 +99,8 @@ def make_bp_step(model: nn.Module, optimizer: optax.GradientTransformation) -> C
     called with train=True, and those collections take the values it returns."""
 
     def step(st: BPState, x_raw, y):
-        others = {k: v for k, v in st.params.items() if k != "params"}
+        params, others = st.variables["params"], {
+            k: v for k, v in st.variables.items() if k != "params"}
         x = labels.to_float(x_raw)
 
         def loss_fn(p):
@@ -111,10 +112,9 @@ def make_bp_step(model: nn.Module, optimizer: optax.GradientTransformation) -> C
             correct = (jnp.argmax(lg, -1) == y).astype(jnp.float32)
             return readout.cross_entropy(lg, y), (jnp.mean(correct), new_others)
 
-        (loss, (acc, new_others)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            st.params["params"])
-        updates, opt_state = optimizer.update(g, st.opt_state, st.params["params"])
-        params = optax.apply_updates(st.params["params"], updates)
+        (loss, (acc, new_others)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(g, st.opt_state, params)
+        params = optax.apply_updates(params, updates)
         return BPState({"params": params, **new_others}, opt_state), (loss, acc)
 
     return step
@@ -147,9 +147,9 @@ def make_bp_predict(model: nn.Module, *, chunk_size: int = 10_000) -> Callable:
     (a model with batch statistics uses its running ones)."""
 
     @jax.jit
-    def predict(params, x_NxD):
+    def predict(variables, x_NxD):
         return jnp.concatenate([
-            jnp.argmax(model.apply(params, labels.to_float(x_NxD[i:i + chunk_size])), -1)
+            jnp.argmax(model.apply(variables, labels.to_float(x_NxD[i:i + chunk_size])), -1)
             for i in range(0, x_NxD.shape[0], chunk_size)])
 
     return predict

@@ -99,10 +99,10 @@ def _build_bp(name, key, hidden, epochs, batch_size, num_classes, x_train, y_tra
     predict = baselines.make_bp_predict(model)
 
     def evaluate(st):
-        return {"test_accuracy": inference.accuracy(predict(st.params, x_test), y_test)}
+        return {"test_accuracy": inference.accuracy(predict(st.variables, x_test), y_test)}
 
     def inference_fns(st):
-        return {"backprop_forward": lambda: predict(st.params, x_test)}
+        return {"backprop_forward": lambda: predict(st.variables, x_test)}
 
     return _Model(name, state, epoch, evaluate, inference_fns, host_step)
 

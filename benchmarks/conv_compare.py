@@ -88,7 +88,7 @@ def main(argv=None):
         bp_state, m = bp_compiled(bp_state, xf, yf, jax.random.fold_in(key, e))
         jax.block_until_ready(m)
         seconds = time.perf_counter() - t0
-        acc = inference.accuracy(bp_predict(bp_state.params, jax.device_put(x_val)), y_val)
+        acc = inference.accuracy(bp_predict(bp_state.variables, jax.device_put(x_val)), y_val)
         rows["bp"].append({"epoch": e + 1, "seconds": seconds, "accuracy": acc})
         print(f"bp epoch {e + 1}: {seconds:.1f}s, {split} {100 * acc:.2f} %", flush=True)
 

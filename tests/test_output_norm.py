@@ -251,8 +251,9 @@ def test_a_backprop_step_moves_the_running_statistics_and_trains_the_rest():
     x = jax.random.uniform(jax.random.key(1), (8, 72))
     y = jnp.arange(8) % C
     new, (loss, acc) = jax.jit(baselines.make_bp_step(model, opt))(state, x, y)
-    assert set(new.params) == {"params", "batch_stats"} and np.isfinite(loss)
-    for old_leaf, new_leaf in zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)):
+    assert set(new.variables) == {"params", "batch_stats"} and np.isfinite(loss)
+    for old_leaf, new_leaf in zip(jax.tree.leaves(state.variables),
+                                  jax.tree.leaves(new.variables)):
         assert not np.array_equal(old_leaf, new_leaf)
-    preds = baselines.make_bp_predict(model)(new.params, x)
+    preds = baselines.make_bp_predict(model)(new.variables, x)
     assert preds.shape == (8,)
