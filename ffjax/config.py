@@ -184,7 +184,10 @@ class Config:
         None, "run directory (default: runs/<dataset>-<date>-<time>)")
     overwrite: bool = _field(False, "allow writing into a run directory that has files")
     preset: typing.Optional[str] = _field(
-        None, "start from a named set of settings (flags given explicitly still win): "
+        None, "start from a named set of settings (flags given explicitly still win; "
+              "settings it does not name keep the entry point's defaults, e.g. "
+              "experiments.fashion_mnist's input noise 0.1 and readout label smoothing "
+              "0.1): "
               "hinton = the reference recipe of the author's code; hinton-unsupervised = "
               "its unsupervised FF (hybrid negatives, no label), 4 x 2000; "
               "hinton-unsupervised-local = the same with the paper's local receptive "
