@@ -218,3 +218,26 @@ def test_a_refusal_is_one_line_on_stderr_of_the_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: --epochs 0: must be a positive "
                                                 "integer."], proc.stderr
+
+
+def test_the_fashion_conv_preset_is_the_validated_run():
+    """--preset fashion-conv names every setting of the validation run that chose it (the
+    record), and gives the same settings through either entry point: it names the input
+    noise and readout label smoothing on which their defaults differ."""
+    import dataclasses
+    from experiments import fashion_mnist, mnist
+    from ffjax import config
+    rec = json.loads((REPO / "benchmarks/results/runs/fashion-conv-groups-4conv-p3-320-bn-"
+                      "wide15-noise0-20ep-val-seed0-config.json").read_text())
+    # What says where and how the run was evaluated and saved, not what it trained.
+    ignore = {"preset", "data_dir", "out_dir", "validation_size", "eval_every",
+              "checkpoint_every"}
+
+    def settings(cfg):
+        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
+
+    via_fashion = config.parse_config(["--preset", "fashion-conv"], fashion_mnist.DEFAULTS)
+    via_mnist = config.parse_config(["--preset", "fashion-conv", "--dataset",
+                                     "fashion_mnist"], mnist.DEFAULTS)
+    assert settings(via_fashion) == settings(via_mnist)
+    assert settings(via_fashion) == settings(config.config_from_dict(rec))
