@@ -90,3 +90,26 @@ def test_the_local_unsupervised_preset_is_the_recorded_run(module, records):
         assert f"{100 * rec['test_accuracy']:.2f} %" in readme or \
             f"{100 * (1 - rec['test_accuracy']):.2f} %" in readme
         assert not rec["git_dirty"]
+
+
+def test_the_fashion_conv_row_is_the_recorded_runs():
+    """The README's --preset fashion-conv command, without and with --seed 1, names the
+    settings of its two test records, and the README quotes both seeds' figures."""
+    import dataclasses
+    import json
+    from experiments import fashion_mnist
+    from ffjax import config
+    readme = (REPO / "README.md").read_text()
+    cmd = re.search(r"`python -m experiments\.fashion_mnist (--preset fashion-conv "
+                    r"\[--seed 1\])`", readme).group(1)
+    ignore = {"data_dir", "out_dir", "checkpoint_every"}
+    for seed in (0, 1):
+        rec = json.loads((REPO / "benchmarks/results/runs/fashion-conv-groups-4conv-p3-320-bn-"
+                          f"wide15-20ep-test-seed{seed}-results.json").read_text())
+        args = cmd.replace(" [--seed 1]", "" if seed == 0 else " --seed 1").split()
+        named = dataclasses.asdict(config.parse_config(args, fashion_mnist.DEFAULTS))
+        recorded = dataclasses.asdict(config.config_from_dict(rec["config"]))
+        assert {k: v for k, v in named.items() if k not in ignore} == \
+            {k: v for k, v in recorded.items() if k not in ignore}
+        assert rec["num_train"] == 60000 and not rec["git_dirty"]
+        assert f"{100 * rec['test_accuracy']:.2f} %" in readme
