@@ -53,63 +53,50 @@ def test_the_quick_start_is_the_recorded_run():
     assert not rec["git_dirty"]
 
 
-@pytest.mark.parametrize("module, records", [
-    ("fashion_mnist", ["fashion-unsupervised-local-paper-100ep-seed0"]),
-    ("mnist", ["mnist-unsupervised-local-paper-noise-100ep-seed0",
-               "mnist-unsupervised-local-paper-noise-wide-100ep-seed0",
-               "mnist-unsupervised-local-paper-noise-wide-100ep-seed1"]),
+@pytest.mark.parametrize("module, preset, records", [
+    ("fashion_mnist", "hinton-unsupervised-local",
+     ["fashion-unsupervised-local-paper-100ep-seed0",
+      "fashion-unsupervised-local-paper-100ep-seed1"]),
+    ("mnist", "hinton-unsupervised-local",
+     ["mnist-unsupervised-local-paper-noise-100ep-seed0",
+      "mnist-unsupervised-local-paper-noise-100ep-seed1",
+      "mnist-unsupervised-local-paper-noise-wide-100ep-seed0",
+      "mnist-unsupervised-local-paper-noise-wide-100ep-seed1"]),
+    ("fashion_mnist", "fashion-conv",
+     ["fashion-conv-groups-4conv-p3-320-bn-wide15-20ep-test-seed0",
+      "fashion-conv-groups-4conv-p3-320-bn-wide15-20ep-test-seed1"]),
 ])
-def test_the_local_unsupervised_preset_is_the_recorded_run(module, records):
-    """Each of the README's --preset hinton-unsupervised-local commands names the settings
-    of one of its records (only the goodness readout's score layers, unused without a
-    label, and the preset's name may differ: a record may have been run with explicit
-    flags), and the README quotes every record's test figure."""
+def test_a_preset_row_is_the_recorded_run(module, preset, records):
+    """Each README table command of the preset, with and without its optional part
+    ([--seed 1]), names the settings of one of its records (only the goodness readout's
+    score layers, unused without a label, the checkpoint cadence, a --resume and the preset's
+    name may differ: a record may have been run with explicit flags or continued), and the
+    README quotes every record's test figure."""
     import dataclasses
     import importlib
     import json
     from ffjax import config
     defaults = importlib.import_module(f"experiments.{module}").DEFAULTS
     readme = (REPO / "README.md").read_text()
-    # The commands that evaluate on the test set (the table's), not the quick-start one.
-    cmds = [c for c in re.findall(rf"`python -m experiments\.{module} (--preset "
-                                  r"hinton-unsupervised-local [^`]*)`", readme)
-            if "--evaluate-test" in c]
-    assert cmds, f"no test-set command for experiments.{module} in the README"
+    # The table's commands, which evaluate on the test set, not the quick-start ones.
+    cmds = re.findall(rf"\| `python -m experiments\.{module} (--preset "
+                      rf"{re.escape(preset)}(?: [^`]*)?)` \|", readme)
+    assert cmds, f"no table command for experiments.{module} --preset {preset} in the README"
     recs = [json.loads((REPO / f"benchmarks/results/runs/{r}-results.json").read_text())
             for r in records]
-    ignore = {"preset", "score_first_layer", "data_dir", "out_dir"}
+    ignore = {"preset", "score_first_layer", "data_dir", "out_dir", "checkpoint_every",
+              "resume"}
     # A setting added after a record was made takes its default, as --resume reads it.
     recorded = [{k: v for k, v in
                  dataclasses.asdict(config.config_from_dict(rec["config"])).items()
                  if k not in ignore} for rec in recs]
     for cmd in cmds:
-        cmd = re.sub(r" \[[^]]*\]", "", cmd)  # optional parts, e.g. [--seed 1]
-        named = dataclasses.asdict(config.parse_config(cmd.split(), defaults))
-        assert {k: v for k, v in named.items() if k not in ignore} in recorded, cmd
+        for variant in (re.sub(r" \[[^]]*\]", "", cmd),
+                        re.sub(r" \[([^]]*)\]", r" \1", cmd)):
+            named = dataclasses.asdict(config.parse_config(variant.split(), defaults))
+            assert {k: v for k, v in named.items() if k not in ignore} in recorded, variant
     for rec in recs:
         assert f"{100 * rec['test_accuracy']:.2f} %" in readme or \
             f"{100 * (1 - rec['test_accuracy']):.2f} %" in readme
+        assert rec["num_train"] == 60000 - rec["config"]["validation_size"]
         assert not rec["git_dirty"]
-
-
-def test_the_fashion_conv_row_is_the_recorded_runs():
-    """The README's --preset fashion-conv command, without and with --seed 1, names the
-    settings of its two test records, and the README quotes both seeds' figures."""
-    import dataclasses
-    import json
-    from experiments import fashion_mnist
-    from ffjax import config
-    readme = (REPO / "README.md").read_text()
-    cmd = re.search(r"`python -m experiments\.fashion_mnist (--preset fashion-conv "
-                    r"\[--seed 1\])`", readme).group(1)
-    ignore = {"data_dir", "out_dir", "checkpoint_every"}
-    for seed in (0, 1):
-        rec = json.loads((REPO / "benchmarks/results/runs/fashion-conv-groups-4conv-p3-320-bn-"
-                          f"wide15-20ep-test-seed{seed}-results.json").read_text())
-        args = cmd.replace(" [--seed 1]", "" if seed == 0 else " --seed 1").split()
-        named = dataclasses.asdict(config.parse_config(args, fashion_mnist.DEFAULTS))
-        recorded = dataclasses.asdict(config.config_from_dict(rec["config"]))
-        assert {k: v for k, v in named.items() if k not in ignore} == \
-            {k: v for k, v in recorded.items() if k not in ignore}
-        assert rec["num_train"] == 60000 and not rec["git_dirty"]
-        assert f"{100 * rec['test_accuracy']:.2f} %" in readme
