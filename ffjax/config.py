@@ -71,8 +71,11 @@ class Config:
                                              "class-group group_softmax needs "
                                              "--label-encoding none --negatives none)")
     temperature: float = _field(_SPEC.temperature, "temperature of the logistic, "
-                                                   "hardest and collaborative objectives: p = "
-                                                   "sigmoid((G - theta) / T)")
+                                                   "hardest and collaborative objectives (p = "
+                                                   "sigmoid((G - theta) / T)) and of "
+                                                   "group_softmax (softmax(G_groups / T))")
+    group_label_smoothing: float = _field(_SPEC.group_label_smoothing, "label smoothing of "
+                                         "the group_softmax objective's targets (0: none)")
     symba_alpha: float = _field(_SPEC.symba_alpha, "alpha of the symba objective")
     loss_scale: float = _field(_SPEC.loss_scale, "multiplies every layer's FF loss (0.5: the "
                                                  "reference code's step, half the logistic "
@@ -575,7 +578,8 @@ def spec_of(cfg: Config, num_classes: int, image_shape=None) -> FFSpec:
         norm=cfg.norm, output_norm=cfg.output_norm,
         output_norm_momentum=cfg.output_norm_momentum, theta=cfg.theta,
         objective=cfg.objective,
-        temperature=cfg.temperature, symba_alpha=cfg.symba_alpha,
+        temperature=cfg.temperature, group_label_smoothing=cfg.group_label_smoothing,
+        symba_alpha=cfg.symba_alpha,
         loss_scale=cfg.loss_scale, negatives=negatives_of(cfg, image_shape),
         peer_strength=cfg.peer_strength, goodness_scope=cfg.goodness_scope,
         input_noise=cfg.input_noise, hidden_dropout=cfg.hidden_dropout, readout=cfg.readout,

@@ -135,14 +135,22 @@ class GroupObjective(NamedTuple):
     name: str = "group"
 
 
-def group_softmax(*, temperature: float) -> GroupObjective:
+def group_softmax(*, temperature: float, label_smoothing: float) -> GroupObjective:
     """Softmax cross-entropy of the group goodness divided by `temperature` against
-    the labels: a layer is trained to make its true class's group the most active."""
+    the labels: a layer is trained to make its true class's group the most active.
+    With `label_smoothing` e > 0 the target is (1 - e) one-hot + e / C, so the loss is
+    least at a finite gap between the true group and the others and a layer stops
+    pushing the groups of the examples it already classifies apart (a regularizer)."""
+    import optax
+
     def loss(scores_BxC, y_B):
-        import optax
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-            scores_BxC / temperature, y_B))
-    return GroupObjective(loss, f"group_softmax(temperature={temperature!r})")
+        logits = scores_BxC / temperature
+        if not label_smoothing:
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y_B))
+        target = optax.smooth_labels(jax.nn.one_hot(y_B, logits.shape[-1]), label_smoothing)
+        return jnp.mean(optax.softmax_cross_entropy(logits, target))
+    return GroupObjective(loss, f"group_softmax(temperature={temperature!r}, "
+                                f"label_smoothing={label_smoothing!r})")
 
 
 def group_metrics(scores_LxBxC: jax.Array, y_B: jax.Array, loss_L) -> LayerMetrics:
@@ -177,7 +185,7 @@ def make_objective(name: str = "logistic", **settings) -> Objective:
     """The built-in objective `name` with its settings bound, e.g.
     make_objective("symba", alpha=4.0); "group_softmax" gives a GroupObjective."""
     if name == "group_softmax":
-        return group_softmax(**settings) if settings else group_softmax(temperature=1.0)
+        return group_softmax(**{"temperature": 1.0, "label_smoothing": 0.0, **settings})
     fns = {"logistic": logistic, "symba": symba, "collaborative": collaborative,
            "hardest": hardest}
     if name not in fns:

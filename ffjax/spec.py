@@ -67,7 +67,9 @@ class FFSpec:
         (g_pos_LxB, g_neg_LxM, thetas_L) -> (L,) (ffjax.objective), or a class-group
         objective: "group_softmax" or an objective.GroupObjective (with
         label_encoding="none" and negatives="none").
-      temperature: of the logistic, hardest and collaborative objectives.
+      temperature: of the logistic, hardest, collaborative and group_softmax objectives.
+      group_label_smoothing: label smoothing of the group_softmax objective's targets
+        (0 disables; only with objective="group_softmax").
       symba_alpha: alpha of the symba objective.
       loss_scale: multiplies every layer's objective (0.5: the reference code's step).
       negatives: "uniform", "hard" (from the softmax readout; trains it), "all", the
@@ -107,6 +109,7 @@ class FFSpec:
     theta: Union[float, tuple, None] = None
     objective: Any = "logistic"
     temperature: float = 1.0
+    group_label_smoothing: float = 0.0
     symba_alpha: float = 4.0
     loss_scale: float = 0.5
     negatives: Any = "hard"
@@ -183,7 +186,8 @@ class FFSpec:
         objective.resolve_thetas(self.theta, self.scored_sizes)  # checks count and sign
         for name in ("label_strength", "temperature", "symba_alpha", "loss_scale",
                      "peer_strength", "peer_momentum", "input_noise",
-                     "hidden_dropout", "readout_label_smoothing", "output_norm_momentum"):
+                     "hidden_dropout", "readout_label_smoothing", "output_norm_momentum",
+                     "group_label_smoothing"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
                 raise ValueError(f"{name}={v!r} must be a finite number.")
@@ -194,7 +198,7 @@ class FFSpec:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
         for name in ("readout_label_smoothing", "peer_momentum", "hidden_dropout",
-                     "output_norm_momentum"):
+                     "output_norm_momentum", "group_label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
         layers.check_norm(self.norm)
@@ -215,6 +219,10 @@ class FFSpec:
             raise ValueError(f"objective={self.objective!r} must be a name in "
                              f"{objective.OBJECTIVES}, a function (g_pos_LxB, g_neg_LxM, "
                              "thetas_L) -> (L,) losses, or an objective.GroupObjective.")
+        if self.group_label_smoothing and self.objective != "group_softmax":
+            raise ValueError(f"group_label_smoothing={self.group_label_smoothing} smooths "
+                             "the targets of objective='group_softmax' only; set it to 0 "
+                             f"with objective={self.objective!r}.")
         if self.uses_groups:
             if gen is not negatives_lib.no_negatives:
                 raise ValueError(f"negatives={neg!r}: a class-group objective "
@@ -363,4 +371,7 @@ class FFSpec:
             return self.objective
         if self.objective == "symba":
             return objective.make_objective("symba", alpha=self.symba_alpha)
+        if self.objective == "group_softmax":
+            return objective.make_objective(self.objective, temperature=self.temperature,
+                                            label_smoothing=self.group_label_smoothing)
         return objective.make_objective(self.objective, temperature=self.temperature)

@@ -119,3 +119,29 @@ def test_make_objective():
     assert fn == objective.make_objective("symba", alpha=2.0) and hash(fn)
     with pytest.raises(ValueError, match="not known"):
         objective.make_objective("hinge")
+
+
+def test_group_softmax_label_smoothing_is_cross_entropy_with_smoothed_targets():
+    scores = jnp.array([[4.0, 1.0, 0.0], [0.5, 2.0, 3.0]])
+    y = jnp.array([0, 1])
+    plain = objective.group_softmax(temperature=2.0, label_smoothing=0.0).loss(scores, y)
+    logp = np.log(np.asarray(jax.nn.softmax(scores / 2.0)))
+    np.testing.assert_allclose(plain, -np.mean(logp[[0, 1], [0, 1]]), rtol=1e-6)
+    smooth = objective.group_softmax(temperature=2.0, label_smoothing=0.3).loss(scores, y)
+    target = 0.7 * np.eye(3)[[0, 1]] + 0.1  # (1 - e) one-hot + e / C
+    np.testing.assert_allclose(smooth, -np.mean(np.sum(target * logp, -1)), rtol=1e-6)
+    # the smoothed loss is least at a finite gap: pushing the true group up stops paying
+    gap = lambda d: objective.group_softmax(  # noqa: E731
+        temperature=1.0, label_smoothing=0.3).loss(jnp.array([[d, 0.0, 0.0]]), y[:1])
+    assert float(gap(10.0)) > float(gap(float(np.log(0.8 / 0.1))))
+
+
+def test_spec_passes_group_label_smoothing_and_refuses_it_elsewhere():
+    kw = dict(hidden=(20,), input_shape=(784,), objective="group_softmax",
+              label_encoding="none", negatives="none", temperature=0.5)
+    fn = ffjax.FFSpec(**kw, group_label_smoothing=0.1).objective_fn()
+    assert fn.name == "group_softmax(temperature=0.5, label_smoothing=0.1)"
+    with pytest.raises(ValueError, match="group_label_smoothing=0.1 smooths the targets"):
+        ffjax.FFSpec(hidden=(20,), group_label_smoothing=0.1)
+    with pytest.raises(ValueError, match=r"group_label_smoothing=1.0 must be in \[0, 1\)"):
+        ffjax.FFSpec(**kw, group_label_smoothing=1.0)

@@ -257,6 +257,8 @@ def test_malformed_data_files_are_refused_in_one_line(breaker, data_dir, tmp_pat
     (["--label-strength", "0"], "--label-strength 0.0: must be positive"),
     (["--readout-label-smoothing", "1.5"], "--readout-label-smoothing 1.5: must be in [0, 1)"),
     (["--input-noise", "-1"], "--input-noise -1.0: must be >= 0"),
+    (["--group-label-smoothing", "0.1"], "--group-label-smoothing 0.1: smooths the targets of "
+                                         "objective='group_softmax' only"),
     (["--objective", "hinge"], "--objective hinge: choose one of logistic, symba"),
     (["--validation-size", "60000"], "--validation-size 60000 leaves no training data"),
     (["--readout-layers", "7"], "readout-layers"),
