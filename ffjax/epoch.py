@@ -203,7 +203,15 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
             raise ValueError("a class-group objective needs the labels: pass y.")
         scores = jnp.stack([objective.group_goodness(a.h[:batch], spec.num_classes)
                             for a in acts])  # (L, B, C)
-        ff = jnp.stack([obj.loss(s, y) for s in scores])
+        if spec.goodness_scope == "location":
+            # Every (example, location) pair is a row of the layer's loss, labelled with
+            # its example's class; the metrics read the whole layer, as prediction does.
+            per_loc = [objective.location_group_goodness(a.h[:batch], spec.num_classes)
+                       for a in acts]  # L × (B, P, C), P per layer
+            ff = jnp.stack([obj.loss(s.reshape(-1, s.shape[-1]), jnp.repeat(y, s.shape[1]))
+                            for s in per_loc])
+        else:
+            ff = jnp.stack([obj.loss(s, y) for s in scores])
         metrics = objective.group_metrics(scores, y, ff)
     elif spec.goodness_scope == "location":
         # Each layer's locations are rows of its own objective call (their counts differ

@@ -115,21 +115,31 @@ Objective = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 OBJECTIVES = ("logistic", "symba", "collaborative", "hardest", "group_softmax")
 
 
-def group_goodness(h: jax.Array, num_classes: int) -> jax.Array:
-    """(B, C): the mean squared activity of each class's group of units. The units of a
-    layer's last axis (a dense layer's units, a conv layer's channels) are split into C
-    equal contiguous groups, group c belonging to class c; for images a group spans
-    every location."""
+def location_group_goodness(h: jax.Array, num_classes: int) -> jax.Array:
+    """(B, P, C): the mean squared activity of each class's group of units at each of
+    the P locations of an activity (B, ..., units). The units of the last axis (a dense
+    layer's units, a conv layer's channels) are split into C equal contiguous groups,
+    group c belonging to class c; a dense layer has one location."""
     k = h.shape[-1] // num_classes
-    grouped = h.reshape(h.shape[0], -1, num_classes, k)  # (B, locations, C, K)
-    return jnp.mean(jnp.square(grouped), axis=(1, 3))
+    grouped = h.reshape(h.shape[0], -1, num_classes, k)  # (B, P, C, K)
+    return jnp.mean(jnp.square(grouped), axis=3)
+
+
+def group_goodness(h: jax.Array, num_classes: int) -> jax.Array:
+    """(B, C): the mean squared activity of each class's group of units over the whole
+    layer (every location): the mean over locations of location_group_goodness, since
+    every location holds the same number of a group's units."""
+    return jnp.mean(location_group_goodness(h, num_classes), axis=1)
 
 
 class GroupObjective(NamedTuple):
     """A per-layer objective on each layer's class-group goodness and the labels, with
     no negative data (channel-wise competitive FF, Papachristodoulou et al. 2024): for
     every layer, loss(scores_BxC, y_B) -> scalar with scores = group_goodness(h, C).
-    Prediction reads the same scores from one pass (no label in the input)."""
+    With goodness_scope "location" the rows are the (example, location) pairs instead:
+    scores (B·P, C) from location_group_goodness, each example's label repeated over
+    its P locations, so a mean-over-rows loss is the mean over locations. Prediction
+    reads whole-layer scores from one pass either way (no label in the input)."""
 
     loss: Callable[[jax.Array, jax.Array], jax.Array]
     name: str = "group"

@@ -80,7 +80,9 @@ class FFSpec:
       goodness_scope: what the objective scores: "layer" (the sum of squares of the
         layer's whole activity, the paper's) or "location" (of each location's channels,
         each location a separate term of the loss, averaged; theta then defaults to the
-        channels per location). The goodness readout sums the whole layer either way.
+        channels per location; with a class-group objective, each location's group
+        goodnesses are scored against the example's label). The goodness readout sums
+        the whole layer either way.
       input_noise: std of Gaussian noise added to the [0, 1]-scaled training inputs (a
         permutation-invariant regularizer; 0 disables; never at test time).
       hidden_dropout: the fraction of a hidden layer's units zeroed, each drawn afresh
@@ -158,11 +160,10 @@ class FFSpec:
         if self.goodness_scope not in GOODNESS_SCOPES:
             raise ValueError(f"goodness_scope={self.goodness_scope!r}: choose one of "
                              f"{GOODNESS_SCOPES}.")
-        if self.goodness_scope == "location" and (
-                self.uses_groups or self.objective == "collaborative"):
+        if self.goodness_scope == "location" and self.objective == "collaborative":
             raise ValueError("goodness_scope='location' scores every location as its own "
-                             "term; the collaborative and class-group objectives combine "
-                             "whole layers, so use goodness_scope='layer' with them.")
+                             "term; the collaborative objective combines whole layers, so "
+                             "use goodness_scope='layer' with it.")
         if gen.uses_labels and not self.encoding.carries_label:
             raise ValueError(f"negatives={neg!r} writes wrong labels into the "
                              "input, but the label encoding gives none: use a label-free "

@@ -335,6 +335,32 @@ def test_class_group_settings_that_cannot_work_are_refused(kw, msg):
         FFSpec(**{**GROUPS, **kw})
 
 
+def test_location_scoped_class_groups_score_every_location_against_the_label():
+    """goodness_scope="location" with class groups: the layer's loss is the mean over
+    locations of the group softmax of each location's groups, labelled with its
+    example's class; the metrics read the whole layer; a dense layer (one location)
+    scores as with goodness_scope="layer"; gradients stay local."""
+    spec = FFSpec(**{**GROUPS, "goodness_scope": "location"})
+    params = network.init_network(jax.random.key(0), spec)
+    x = jax.random.uniform(jax.random.key(1), (4,) + spec.network_input_shape)
+    y = jnp.array([0, 2, 1, 2])
+    objs, metrics, _ = epoch.local_losses(params, x, x[:0], spec, y=y)
+    acts = network.forward(params, x, spec)
+    for k in range(2):
+        h = acts[k].reshape(4, -1, C, acts[k].shape[-1] // C)  # (B, P, C, K)
+        logits = jnp.mean(h ** 2, -1) / spec.temperature  # (B, P, C)
+        ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None, None], -1)
+        np.testing.assert_allclose(metrics.loss[k], jnp.mean(ce), rtol=1e-5)
+        assert h.shape[1] > 1
+    whole = dataclasses.replace(spec, goodness_scope="layer")
+    objs_w, metrics_w, _ = epoch.local_losses(params, x, x[:0], whole, y=y)
+    np.testing.assert_allclose(objs[2], objs_w[2], rtol=1e-6)
+    np.testing.assert_array_equal(metrics.acc_pos, metrics_w.acc_pos)
+    assert not np.allclose(objs[:2], objs_w[:2])
+    assert_gradients_are_local(lambda p: epoch.local_losses(p, x, x[:0], spec, y=y)[0],
+                               params)
+
+
 def test_per_location_goodness_scores_each_location():
     """goodness_scope="location": each location's channels form one goodness term with
     theta = channels; the layer's loss is the mean over locations. A dense layer has one
