@@ -201,13 +201,14 @@ def local_losses(params: layers.Network, x_pos: jax.Array, x_neg: jax.Array,
     if spec.uses_groups:
         if y is None:
             raise ValueError("a class-group objective needs the labels: pass y.")
-        scores = jnp.stack([objective.group_goodness(a.h[:batch], spec.num_classes)
-                            for a in acts])  # (L, B, C)
+        per_loc = [objective.location_group_goodness(a.h[:batch], spec.num_classes)
+                   for a in acts]  # L × (B, P, C), P per layer
+        # The whole layer's scores (objective.group_goodness): the metrics and the
+        # prediction read these with either scope.
+        scores = jnp.stack([jnp.mean(s, axis=1) for s in per_loc])  # (L, B, C)
         if spec.goodness_scope == "location":
             # Every (example, location) pair is a row of the layer's loss, labelled with
-            # its example's class; the metrics read the whole layer, as prediction does.
-            per_loc = [objective.location_group_goodness(a.h[:batch], spec.num_classes)
-                       for a in acts]  # L × (B, P, C), P per layer
+            # its example's class.
             ff = jnp.stack([obj.loss(s.reshape(-1, s.shape[-1]), jnp.repeat(y, s.shape[1]))
                             for s in per_loc])
         else:
