@@ -241,3 +241,22 @@ def test_the_fashion_conv_preset_is_the_validated_run():
                                      "fashion_mnist"], mnist.DEFAULTS)
     assert settings(via_fashion) == settings(via_mnist)
     assert settings(via_fashion) == settings(config.config_from_dict(rec))
+
+
+def test_the_mnist_conv_wide_preset_is_the_validated_run():
+    """--preset mnist-conv-wide names every setting of the MNIST validation run that chose
+    it (run then as --preset fashion-conv --hidden-dropout 0.2)."""
+    import dataclasses
+    from experiments import mnist
+    from ffjax import config
+    rec = json.loads((REPO / "benchmarks/results/runs/mnist-conv-groups-4conv-p3-320-bn-"
+                      "wide15-drop02-20ep-val-seed0-config.json").read_text())
+    ignore = {"preset", "data_dir", "out_dir", "validation_size", "eval_every",
+              "checkpoint_every"}
+
+    def settings(cfg):
+        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
+
+    named = config.parse_config(["--preset", "mnist-conv-wide"], mnist.DEFAULTS)
+    assert named.hidden_dropout == 0.2
+    assert settings(named) == settings(config.config_from_dict(rec))
