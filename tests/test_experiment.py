@@ -220,43 +220,41 @@ def test_a_refusal_is_one_line_on_stderr_of_the_real_process(tmp_path):
                                                 "integer."], proc.stderr
 
 
+def _trained_settings(cfg):
+    """A config's settings less what says where and how the run was evaluated and saved,
+    not what it trained."""
+    import dataclasses
+    ignore = {"preset", "data_dir", "out_dir", "validation_size", "eval_every",
+              "checkpoint_every"}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
+
+
+def _recorded_config(name):
+    from ffjax import config
+    return config.config_from_dict(json.loads(
+        (REPO / f"benchmarks/results/runs/{name}-config.json").read_text()))
+
+
 def test_the_fashion_conv_preset_is_the_validated_run():
     """--preset fashion-conv names every setting of the validation run that chose it (the
     record), and gives the same settings through either entry point: it names the input
     noise and readout label smoothing on which their defaults differ."""
-    import dataclasses
     from experiments import fashion_mnist, mnist
     from ffjax import config
-    rec = json.loads((REPO / "benchmarks/results/runs/fashion-conv-groups-4conv-p3-320-bn-"
-                      "wide15-noise0-20ep-val-seed0-config.json").read_text())
-    # What says where and how the run was evaluated and saved, not what it trained.
-    ignore = {"preset", "data_dir", "out_dir", "validation_size", "eval_every",
-              "checkpoint_every"}
-
-    def settings(cfg):
-        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
-
+    rec = _recorded_config("fashion-conv-groups-4conv-p3-320-bn-wide15-noise0-20ep-val-seed0")
     via_fashion = config.parse_config(["--preset", "fashion-conv"], fashion_mnist.DEFAULTS)
     via_mnist = config.parse_config(["--preset", "fashion-conv", "--dataset",
                                      "fashion_mnist"], mnist.DEFAULTS)
-    assert settings(via_fashion) == settings(via_mnist)
-    assert settings(via_fashion) == settings(config.config_from_dict(rec))
+    assert _trained_settings(via_fashion) == _trained_settings(via_mnist)
+    assert _trained_settings(via_fashion) == _trained_settings(rec)
 
 
 def test_the_mnist_conv_wide_preset_is_the_validated_run():
     """--preset mnist-conv-wide names every setting of the MNIST validation run that chose
     it (run then as --preset fashion-conv --hidden-dropout 0.2)."""
-    import dataclasses
     from experiments import mnist
     from ffjax import config
-    rec = json.loads((REPO / "benchmarks/results/runs/mnist-conv-groups-4conv-p3-320-bn-"
-                      "wide15-drop02-20ep-val-seed0-config.json").read_text())
-    ignore = {"preset", "data_dir", "out_dir", "validation_size", "eval_every",
-              "checkpoint_every"}
-
-    def settings(cfg):
-        return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
-
+    rec = _recorded_config("mnist-conv-groups-4conv-p3-320-bn-wide15-drop02-20ep-val-seed0")
     named = config.parse_config(["--preset", "mnist-conv-wide"], mnist.DEFAULTS)
     assert named.hidden_dropout == 0.2
-    assert settings(named) == settings(config.config_from_dict(rec))
+    assert _trained_settings(named) == _trained_settings(rec)
