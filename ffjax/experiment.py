@@ -138,6 +138,7 @@ def make_evaluator(spec: FFSpec, seeds: int):
     choices = {"all": tuple(range(spec.num_layers))} if goodness else {}
     if goodness and spec.num_layers > 1:
         choices["all_but_first"] = tuple(range(1, spec.num_layers))
+    joint = inference.joint_applies(spec)
 
     def one(st, x_dev, y):
         if not goodness:
@@ -158,6 +159,11 @@ def make_evaluator(spec: FFSpec, seeds: int):
                                    for name, sel in choices.items()}}
         if p.readout is not None:
             out["accuracy_softmax"] = inference.accuracy(p.readout, y)
+        if joint:
+            out["joint_by_score_layers"] = {
+                name: inference.accuracy(np.argmax(np.asarray(inference.joint_scores(
+                    p.goodness, p.readout_logits, sel, spec)), -1), y)
+                for name, sel in choices.items()}
         return out
 
     def one_readout(st, x_dev, y):
@@ -180,6 +186,10 @@ def make_evaluator(spec: FFSpec, seeds: int):
                    "accuracy_by_score_layers": {
                        name: float(np.mean([r["by_score_layers"][name] for r in runs]))
                        for name in choices}}
+            if joint:
+                out["accuracy_joint_by_score_layers"] = {
+                    name: float(np.mean([r["joint_by_score_layers"][name] for r in runs]))
+                    for name in choices}
         for k in ("accuracy", "accuracy_softmax"):
             if k in runs[0]:
                 vals = [r[k] for r in runs]
@@ -215,6 +225,8 @@ def eval_row(split: str, ev: dict) -> dict:
                    eval_accuracy_by_score_layers=ev["accuracy_by_score_layers"])
     if "accuracy_softmax" in ev:
         row["eval_accuracy_softmax"] = ev["accuracy_softmax"]
+    if "accuracy_joint_by_score_layers" in ev:
+        row["eval_accuracy_joint_by_score_layers"] = ev["accuracy_joint_by_score_layers"]
     return row
 
 
@@ -229,6 +241,8 @@ def split_results(split: str, ev: dict, seeds: int) -> dict:
     if seeds > 1:
         out.update({"seeds": seeds, f"{split}_accuracy_std": ev["accuracy_std"],
                     f"{split}_accuracy_seeds": ev["accuracy_seeds"]})
+    if "accuracy_joint_by_score_layers" in ev:
+        out[f"{split}_accuracy_joint_by_score_layers"] = ev["accuracy_joint_by_score_layers"]
     if "accuracy_softmax" in ev:
         out[f"{split}_accuracy_softmax"] = ev["accuracy_softmax"]
         out[f"{split}_error_softmax"] = 1.0 - ev["accuracy_softmax"]
@@ -416,8 +430,8 @@ def run(cfg: Config) -> dict:
                "run_dir": str(rec.path)}
     if cfg.validation_size and test_on:
         results.update({k.replace("eval_", "validation_"): rows[-1][k] for k in (
-            "eval_accuracy", "eval_accuracy_by_score_layers", "eval_accuracy_softmax")
-            if k in rows[-1]})
+            "eval_accuracy", "eval_accuracy_by_score_layers", "eval_accuracy_softmax",
+            "eval_accuracy_joint_by_score_layers") if k in rows[-1]})
     rec.write_results(results)
     images = np.asarray(x_final).reshape(
         (len(x_final),) + data.IMAGE_SHAPES[data.canonical_name(cfg.dataset)])
@@ -453,6 +467,10 @@ def main(defaults: Config, description: str, argv=None) -> int:
     split = "test" if "test_accuracy" in results else "validation"
     softmax = (f", softmax readout {100 * results[f'{split}_accuracy_softmax']:.2f}%"
                if f"{split}_accuracy_softmax" in results else "")
+    joint = results.get(f"{split}_accuracy_joint_by_score_layers", {})
+    if joint:
+        softmax += ", joint readout " + ", ".join(
+            f"{100 * a:.2f}% ({name.replace('_', ' ')})" for name, a in joint.items())
     if results["prediction"] == "softmax":
         softmax = " by the softmax readout (no label in the input)"
     if "seeds" in results:  # the std is of the headline accuracy, whichever readout it is

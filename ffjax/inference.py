@@ -112,13 +112,15 @@ def label_scores(params: layers.Network, x: jax.Array, spec: FFSpec) -> jax.Arra
 
 class Predictions(NamedTuple):
     """Predicted labels: combined (N,), by each layer alone (N, L), and by the softmax
-    readout (N,) when one was given (else None); and the goodness of every layer for
-    every label (N, L, C), from which any other choice of score layers can be read."""
+    readout (N,) when one was given (else None); the goodness of every layer for every
+    label (N, L, C), from which any other choice of score layers can be read; and the
+    softmax readout's logits (N, C) when it was given, for the joint readout."""
 
     combined: jax.Array
     per_layer: jax.Array
     readout: jax.Array | None = None
     goodness: jax.Array | None = None
+    readout_logits: jax.Array | None = None
 
 
 # Examples per chunk of every evaluation. Memory grows with the chunk's activities, not
@@ -144,10 +146,14 @@ def _chunked(fn, x_NxD: jax.Array, chunk_size: int):
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
+def _readout_logits(params, rparams, x_BxD, spec: FFSpec):
+    """(B, C) logits of the softmax readout from one neutral-label pass."""
+    return readout.logits(rparams, readout.features(params, x_BxD, spec))
+
+
 def _readout_argmax(params, rparams, x_BxD, spec: FFSpec):
     """(B,) labels predicted by the softmax readout from one neutral-label pass."""
-    f = readout.features(params, x_BxD, spec)
-    return jnp.argmax(readout.logits(rparams, f), -1)
+    return jnp.argmax(_readout_logits(params, rparams, x_BxD, spec), -1)
 
 
 def make_predict(spec: FFSpec, *, chunk_size: int = CHUNK_SIZE):
@@ -171,7 +177,8 @@ def make_predict(spec: FFSpec, *, chunk_size: int = CHUNK_SIZE):
             out = {"combined": jnp.argmax(jnp.sum(g[:, chosen, :], axis=1), -1),
                    "per_layer": jnp.argmax(g, -1), "goodness": g}
             if readout_params is not None:
-                out["readout"] = _readout_argmax(params, readout_params, xc, spec)
+                logits = _readout_logits(params, readout_params, xc, spec)
+                out["readout"], out["readout_logits"] = jnp.argmax(logits, -1), logits
             return out
 
         return Predictions(**_chunked(one, x_NxD, chunk_size))
@@ -229,6 +236,34 @@ def accuracy_of_layers(goodness_NxLxC, y_N, layer_selection) -> float:
     per-layer goodness of Predictions.goodness (host arrays)."""
     g = np.asarray(goodness_NxLxC)[:, list(layer_selection), :].sum(axis=1)
     return accuracy(np.argmax(g, -1), y_N)
+
+
+def joint_applies(spec: FFSpec) -> bool:
+    """Whether the joint readout applies: a class-group objective that names its class
+    log-probabilities (objective.GroupObjective.log_probs) and a trained softmax readout."""
+    if not (spec.uses_groups and spec.trains_readout):
+        return False
+    return spec.objective_fn().log_probs is not None
+
+
+def joint_scores(goodness_NxLxC, readout_logits_NxC, layer_selection, spec: FFSpec):
+    """(N, C) scores of the joint readout, whose argmax is its prediction: the sum over
+    `layer_selection` of each layer's class log-probabilities (its objective's
+    log_probs of its class-group goodness) plus the softmax readout's log-probabilities.
+    It is the product of the chosen layers' and the readout's class distributions, each
+    trained by its own local loss, so it reads two kinds of evidence the model already
+    computes: each layer's competition between class groups, and a linear map of the
+    normalized activities. Raises ValueError where it does not apply (joint_applies)."""
+    if not joint_applies(spec):
+        raise ValueError("the joint readout needs a class-group objective with log_probs "
+                         "(objective='group_softmax') and a trained softmax readout "
+                         "(readout=True).")
+    log_probs = spec.objective_fn().log_probs
+    g = jnp.asarray(goodness_NxLxC)
+    out = jax.nn.log_softmax(jnp.asarray(readout_logits_NxC), axis=-1)
+    for i in layer_selection:
+        out = out + log_probs(g[:, i, :])
+    return out
 
 
 def accuracy(pred_N: jax.Array, y_N: jax.Array) -> float:

@@ -139,10 +139,16 @@ class GroupObjective(NamedTuple):
     With goodness_scope "location" the rows are the (example, location) pairs instead:
     scores (B·P, C) from location_group_goodness, each example's label repeated over
     its P locations, so a mean-over-rows loss is the mean over locations. Prediction
-    reads whole-layer scores from one pass either way (no label in the input)."""
+    reads whole-layer scores from one pass either way (no label in the input).
+
+    log_probs(scores_BxC) -> (B, C), optional: the class log-probabilities the loss
+    trains the scores to give. With it, the joint readout (inference.joint_scores)
+    multiplies the layers' class distributions with the softmax readout's; without it
+    (None) the joint readout does not apply."""
 
     loss: Callable[[jax.Array, jax.Array], jax.Array]
     name: str = "group"
+    log_probs: Callable[[jax.Array], jax.Array] | None = None
 
 
 def group_softmax(*, temperature: float, label_smoothing: float) -> GroupObjective:
@@ -159,8 +165,11 @@ def group_softmax(*, temperature: float, label_smoothing: float) -> GroupObjecti
             return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y_B))
         target = optax.smooth_labels(jax.nn.one_hot(y_B, logits.shape[-1]), label_smoothing)
         return jnp.mean(optax.softmax_cross_entropy(logits, target))
+    def log_probs(scores_BxC):
+        return jax.nn.log_softmax(scores_BxC / temperature, axis=-1)
+
     return GroupObjective(loss, f"group_softmax(temperature={temperature!r}, "
-                                f"label_smoothing={label_smoothing!r})")
+                                f"label_smoothing={label_smoothing!r})", log_probs)
 
 
 def group_metrics(scores_LxBxC: jax.Array, y_B: jax.Array, loss_L) -> LayerMetrics:

@@ -322,6 +322,20 @@ def test_class_group_objective_learns_mnist(mnist):
     y = mnist.y_train[50_000:52_000]
     assert inference.accuracy(pred.combined, y) > 0.88
     assert all(inference.accuracy(pred.per_layer[:, i], y) > 0.85 for i in range(2))
+    # The joint readout: each chosen layer's class log-probabilities plus the softmax
+    # readout's, from the goodness and logits this one prediction already holds.
+    joint = np.asarray(inference.joint_scores(pred.goodness, pred.readout_logits, (1,), spec))
+    g = np.asarray(pred.goodness[:, 1, :]) / 0.05
+    expect = (g - np.log(np.sum(np.exp(g - g.max(-1, keepdims=True)), -1, keepdims=True))
+              - g.max(-1, keepdims=True)
+              + np.asarray(jax.nn.log_softmax(pred.readout_logits, -1)))
+    np.testing.assert_allclose(joint, expect, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(np.argmax(np.asarray(pred.readout_logits), -1), pred.readout)
+    assert inference.accuracy(np.argmax(joint, -1), y) > 0.88
+    no_readout = dataclasses.replace(spec, readout=False)
+    assert not inference.joint_applies(no_readout)
+    with pytest.raises(ValueError, match="joint readout needs .* a trained softmax readout"):
+        inference.joint_scores(pred.goodness, pred.readout_logits, (1,), no_readout)
 
 
 @pytest.mark.parametrize("kw, msg", [

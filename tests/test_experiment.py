@@ -116,6 +116,9 @@ def test_cifar10_entry_point_on_a_tiny_archive(tmp_path):
     assert results["config"]["preset"] == "cifar10-conv"
     assert results["config"]["objective"] == "group_softmax"
     assert results["num_train"] == 50 and 0 <= results["test_accuracy"] <= 1
+    # class groups and a softmax readout: the joint readout is recorded for both choices
+    joint = results["test_accuracy_joint_by_score_layers"]
+    assert set(joint) == {"all", "all_but_first"} and all(0 <= a <= 1 for a in joint.values())
     assert (out / "predictions.png").stat().st_size > 1000
 
 

@@ -127,6 +127,9 @@ def test_group_softmax_label_smoothing_is_cross_entropy_with_smoothed_targets():
     plain = objective.group_softmax(temperature=2.0, label_smoothing=0.0).loss(scores, y)
     logp = np.log(np.asarray(jax.nn.softmax(scores / 2.0)))
     np.testing.assert_allclose(plain, -np.mean(logp[[0, 1], [0, 1]]), rtol=1e-6)
+    # log_probs is the distribution the unsmoothed loss is the cross-entropy of
+    lp = objective.group_softmax(temperature=2.0, label_smoothing=0.3).log_probs(scores)
+    np.testing.assert_allclose(lp, logp, rtol=1e-5, atol=1e-6)
     smooth = objective.group_softmax(temperature=2.0, label_smoothing=0.3).loss(scores, y)
     target = 0.7 * np.eye(3)[[0, 1]] + 0.1  # (1 - e) one-hot + e / C
     np.testing.assert_allclose(smooth, -np.mean(np.sum(target * logp, -1)), rtol=1e-6)
