@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 from benchmarks import epoch_time
 
 
@@ -82,6 +84,43 @@ def test_refit_readout_reproduces_the_runs_own_readout_and_leaves_the_run_unchan
     err = capsys.readouterr().err
     assert "never on the test set" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_rescore_reproduces_the_runs_final_evaluation_and_leaves_the_run_unchanged(
+        data_dir, tmp_path, capsys):
+    """Rescoring a finished class-group run gives its own recorded validation figures
+    (every readout, the joint one included), writes its record, leaves the run directory
+    byte-identical, and refuses an existing --out in one line."""
+    from benchmarks import rescore
+    from experiments import mnist
+    from ffjax import experiment
+    run = tmp_path / "run"
+    assert experiment.main(mnist.DEFAULTS, "t", [
+        "--data-dir", str(data_dir), "--preset", "mnist-conv", "--hidden", "conv:10:3:p2",
+        "20", "--epochs", "1", "--train-size", "3000", "--validation-size", "1000",
+        "--out-dir", str(run)]) == 0
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    out = tmp_path / "rescore.json"
+    assert rescore.main([str(run), "--out", str(out)]) == 0
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    (rec,) = json.loads(out.read_text())["runs"]
+    results = json.loads((run / "results.json").read_text())
+    for key in ("validation_accuracy", "validation_accuracy_softmax",
+                "validation_accuracy_per_layer", "validation_accuracy_by_score_layers",
+                "validation_accuracy_joint_by_score_layers"):
+        np.testing.assert_allclose(np.asarray(pytree_values(rec[key])),
+                                   np.asarray(pytree_values(results[key])), atol=1e-6)
+    assert "joint (all but first)" in capsys.readouterr().out
+    assert rescore.main([str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and len(err.strip().splitlines()) == 1
+
+
+def pytree_values(v):
+    """A result's number, list or dict of numbers as a flat list (dicts by sorted key)."""
+    if isinstance(v, dict):
+        return [x for k in sorted(v) for x in pytree_values(v[k])]
+    return list(v) if isinstance(v, list) else [v]
 
 
 def test_goodness_gap_reads_the_runs_layers_and_leaves_the_run_unchanged(
