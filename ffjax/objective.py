@@ -165,6 +165,7 @@ def group_softmax(*, temperature: float, label_smoothing: float) -> GroupObjecti
             return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y_B))
         target = optax.smooth_labels(jax.nn.one_hot(y_B, logits.shape[-1]), label_smoothing)
         return jnp.mean(optax.softmax_cross_entropy(logits, target))
+
     def log_probs(scores_BxC):
         return jax.nn.log_softmax(scores_BxC / temperature, axis=-1)
 

@@ -55,10 +55,12 @@ def plot_accuracy(rows: Sequence[dict], path) -> Path:
         ax1.plot([r["epoch"] for r in soft], [100 * r["eval_accuracy_softmax"] for r in soft],
                  color="black", lw=1, label="softmax readout")
     joint = [r for r in evald if r.get("eval_accuracy_joint_by_score_layers")]
-    if joint:
-        ax1.plot([r["epoch"] for r in joint],
-                 [100 * r["eval_accuracy_joint_by_score_layers"]["all"] for r in joint],
-                 color="black", lw=2, ls=":", marker="s", label="joint readout")
+    for name, ls in (("all", ":"), ("all_but_first", "-.")):
+        if joint and name in joint[0]["eval_accuracy_joint_by_score_layers"]:
+            ax1.plot([r["epoch"] for r in joint],
+                     [100 * r["eval_accuracy_joint_by_score_layers"][name] for r in joint],
+                     color="black", lw=2, ls=ls, marker="s",
+                     label=f"joint readout ({name.replace('_', ' ')})")
     ax1.set(xlabel="epoch", ylabel="accuracy (%)")
     ax1.legend()
     ax1.grid(alpha=0.3)
