@@ -66,15 +66,15 @@ def test_the_quick_start_is_the_recorded_run():
      ["mnist-conv-groups-4conv-p3-320-bn-wide15-drop02-20ep-test-seed0",
       "mnist-conv-groups-4conv-p3-320-bn-wide15-drop02-20ep-test-seed1"]),
     ("fashion_mnist", "fashion-conv",
-     ["fashion-conv-groups-4conv-p3-320-bn-wide15-20ep-test-seed0",
-      "fashion-conv-groups-4conv-p3-320-bn-wide15-20ep-test-seed1"]),
+     ["fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed0",
+      "fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed1"]),
 ])
 def test_a_preset_row_is_the_recorded_run(module, preset, records):
     """Each README table command of the preset, with and without its optional part
     ([--seed 1]), names the settings of one of its records (only the goodness readout's
     score layers, unused without a label, the checkpoint cadence, a --resume and the preset's
     name may differ: a record may have been run with explicit flags or continued), and the
-    README quotes every record's test figure."""
+    README quotes every record's test figure (and its joint readout's, where it has one)."""
     import dataclasses
     import importlib
     import json
@@ -101,5 +101,8 @@ def test_a_preset_row_is_the_recorded_run(module, preset, records):
     for rec in recs:
         assert f"{100 * rec['test_accuracy']:.2f} %" in readme or \
             f"{100 * (1 - rec['test_accuracy']):.2f} %" in readme
+        if "test_accuracy_joint_by_score_layers" in rec:
+            assert any(f"{100 * a:.2f} %" in readme for a in
+                       rec["test_accuracy_joint_by_score_layers"].values())
         assert rec["num_train"] == 60000 - rec["config"]["validation_size"]
         assert not rec["git_dirty"]
