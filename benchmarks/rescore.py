@@ -8,6 +8,13 @@ Only runs that held out a validation split (--validation-size) are accepted, and
 that split is scored: the test set is never read. The run directories are only read;
 the record (one entry per run) goes to --out, by default
 benchmarks/results/<device>-<date>-rescore.json.
+
+--joint-weights W [W ...] also scores the joint readout with the softmax readout's
+log-probabilities weighted by each W, over four choices of layers (all, all but the
+first, the last two, the last). Weight 1 is the joint readout the runs record. A weight
+on the readout is the same prediction as a temperature on the layers' class
+log-probabilities (log_softmax(g / T) is g / T up to a per-example constant), so this one
+axis covers both.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from benchmarks import finished_run
-from ffjax import experiment, record
+from ffjax import experiment, inference, record
 from ffjax.config import UsageError
+from ffjax.epoch import params_of
 
 
 def parse_args(argv=None):
@@ -32,18 +41,43 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None, help="the data folder, if not the runs'")
     p.add_argument("--out", default=None, help="the record's path")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--joint-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="also score the joint readout with the softmax readout's "
+                        "log-probabilities weighted by each W (1: the recorded one)")
     return p.parse_args(argv)
 
 
-def rescore(run_dir, data_dir=None) -> dict:
-    """One run's validation figures: every readout, per layer, by score layers."""
+def joint_layer_choices(num_layers: int) -> dict:
+    """The layers the weighted joint readout sums, by name."""
+    return {"all": tuple(range(num_layers)), "all_but_first": tuple(range(1, num_layers)),
+            "last_two": tuple(range(max(num_layers - 2, 0), num_layers)),
+            "last": (num_layers - 1,)}
+
+
+def rescore(run_dir, data_dir=None, joint_weights=None) -> dict:
+    """One run's validation figures: every readout, per layer, by score layers; with
+    joint_weights, the weighted joint readouts as {layers: {weight: accuracy}}."""
     cfg, spec, split, state, epoch = finished_run.load_run(run_dir, data_dir)
-    ev = experiment.make_evaluator(spec, 1)(state, jax.device_put(split.x_val),
-                                            split.y_val)
+    x_val = jax.device_put(split.x_val)
+    ev = experiment.make_evaluator(spec, 1)(state, x_val, split.y_val)
     ev.pop("pred")
-    return {"run_dir": str(run_dir), "checkpoint_epoch": epoch,
-            "run_config": dataclasses.asdict(cfg),
-            **experiment.split_results("validation", ev, 1)}
+    out = {"run_dir": str(run_dir), "checkpoint_epoch": epoch,
+           "run_config": dataclasses.asdict(cfg),
+           **experiment.split_results("validation", ev, 1)}
+    if joint_weights:
+        if not inference.joint_applies(spec):
+            raise UsageError(f"{run_dir}: --joint-weights needs a run with class groups "
+                             "(objective group_softmax) and a trained softmax readout.")
+        p = jax.device_get(inference.make_predict(spec)(
+            params_of(state), x_val, state.readout.params))
+        # log_softmax(w * logits) is w * log_softmax(logits) up to a per-example constant,
+        # so joint_scores of the scaled logits gives the weighted readout's argmax.
+        out["validation_accuracy_joint_weighted"] = {
+            name: {str(w): inference.accuracy(np.argmax(np.asarray(inference.joint_scores(
+                p.goodness, w * np.asarray(p.readout_logits), sel, spec)), -1), split.y_val)
+                for w in joint_weights}
+            for name, sel in joint_layer_choices(spec.num_layers).items()}
+    return out
 
 
 def _line(r: dict) -> str:
@@ -55,6 +89,9 @@ def _line(r: dict) -> str:
         parts.append(f"softmax {pct(r['validation_accuracy_softmax'])}")
     parts += [f"joint ({name.replace('_', ' ')}) {pct(a)}" for name, a in
               r.get("validation_accuracy_joint_by_score_layers", {}).items()]
+    parts += [f"joint ({name.replace('_', ' ')}, readout x {w}) {pct(a)}"
+              for name, by_w in r.get("validation_accuracy_joint_weighted", {}).items()
+              for w, a in by_w.items()]
     return f"{r['run_dir']} (epoch {r['checkpoint_epoch']}): " + ", ".join(parts)
 
 
@@ -63,7 +100,7 @@ def run(args) -> dict:
         raise UsageError(f"--out {args.out} exists; give another path or --overwrite.")
     runs = []
     for run_dir in args.run_dirs:
-        runs.append(rescore(run_dir, args.data_dir))
+        runs.append(rescore(run_dir, args.data_dir, args.joint_weights))
         print(_line(runs[-1]), flush=True)
     info = {"runs": runs}
     record.write_benchmark("rescore", info, args.out, suffix="rescore")

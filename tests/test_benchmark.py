@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks import epoch_time
 
@@ -111,6 +112,20 @@ def test_rescore_reproduces_the_runs_final_evaluation_and_leaves_the_run_unchang
         np.testing.assert_allclose(np.asarray(pytree_values(rec[key])),
                                    np.asarray(pytree_values(results[key])), atol=1e-6)
     assert "joint (all but first)" in capsys.readouterr().out
+    # Weighted joint readouts: weight 1 is the recorded joint readout, and weight 0 over
+    # all layers is the class-group readout (the log-softmax of each layer's goodness is
+    # the goodness up to a per-example constant).
+    weighted = tmp_path / "weighted.json"
+    assert rescore.main([str(run), "--out", str(weighted), "--joint-weights", "0", "1"]) == 0
+    (wrec,) = json.loads(weighted.read_text())["runs"]
+    by = wrec["validation_accuracy_joint_weighted"]
+    assert set(by) == {"all", "all_but_first", "last_two", "last"}
+    for name in ("all", "all_but_first"):
+        assert by[name]["1.0"] == pytest.approx(
+            results["validation_accuracy_joint_by_score_layers"][name], abs=1e-6)
+    assert by["all"]["0.0"] == pytest.approx(
+        results["validation_accuracy_by_score_layers"]["all"], abs=1e-6)
+    assert "readout x 1.0" in capsys.readouterr().out
     assert rescore.main([str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "exists" in err and len(err.strip().splitlines()) == 1
