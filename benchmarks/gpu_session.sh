@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh accuracy "$OUT"   # ~9 min: the MNIST / Fashion-MNIST results
 #   bash benchmarks/gpu_session.sh conv "$OUT"       # <= 7 min: conv FF screens (issue 17)
 #   bash benchmarks/gpu_session.sh conv-screens "$OUT"  # ~8 min: conv screens (+3 min with FFJAX_GPU_TEST=1)
+#   bash benchmarks/gpu_session.sh fashion-conv-dropout "$OUT"  # <= 8 min: 3-seed screens (issue 17)
 #   bash benchmarks/gpu_session.sh unsupervised-test "$OUT"  # <= 4 min: fan-in test runs (issue 20)
 #   bash benchmarks/gpu_session.sh unsupervised "$OUT"  # <= 10 min: 4 x 2000 without labels (issue 20)
 # Every record lands in $OUT (copy it into benchmarks/results/ afterwards).
@@ -133,12 +134,13 @@ unsupervised)
   # (98.55 against 98.53 %, CPU, 100 epochs), so they are out; fan-in lr scaling (ahead on both
   # validation seeds, level with the reference on the test set: 1.43 +- 0.04 %), the lr
   # decay over the whole run, and the hardest of 4 hybrids (2.5 times the reference's step
-  # cost; last, as its one CPU run at this size ended 0.08-0.11 % below the reference
-  # seeds) are in; input noise, hidden dropout and centered normalization, level with or
-  # below the reference on the fully connected screens, are out.
-  levers=("reference:" "fanin:--lr-scaling fan_in"
-          "decay0:--lr-decay-start 0"
-          "hardest4:--objective hardest --hybrid-count 4")
+  # cost; its one CPU run at this size ended 0.08-0.11 % below the reference seeds) are
+  # out; hidden dropout, level with the reference on the 784-1000-1000 screens, is in,
+  # because those screens did not carry over to 4 x 2000 before and these layers fit
+  # their training images far more than held-out ones (docs/unsupervised.md); input noise
+  # and centered normalization, level with or below the reference there, are out.
+  levers=("reference:" "drop01:--hidden-dropout 0.1" "drop02:--hidden-dropout 0.2"
+          "decay0:--lr-decay-start 0")
   for lever in "${levers[@]}"; do
     name=${lever%%:*}; read -r -a flags <<< "${lever#*:}"
     python -m experiments.mnist "${common[@]}" "${flags[@]}" --seeds 2 \
@@ -161,5 +163,40 @@ print(max(scores, key=scores.get))
   python -m experiments.mnist "${common[@]}" "${flags[@]}" --seeds 3 "${extra[@]}" \
       --out-dir "$out/runs/unsup-$name-full60k-test"
   ;;
-*) echo "unknown mode $mode (perf, accuracy, conv, conv-screens, unsupervised or unsupervised-test)" >&2; exit 2 ;;
+fashion-conv-dropout)
+  # Issue 17's open target (Fashion-MNIST conv test accuracy >= 92.5 %). One validation
+  # seed moves by up to 0.36 % between identical settings on the CPU, too much to choose
+  # the hidden dropout rate or the length there; here each lever runs with 3 seeds in one
+  # program on the validation split, scored by the chosen readout (the joint readout of
+  # all but the first layer and the softmax readout). FFJAX_GPU_TEST=1 then trains the
+  # best mean on all 60 000 images (3 seeds) and scores the test set once. A lever
+  # stopped by --time-limit has no results.json and is not chosen.
+  common=(--preset fashion-conv --data-dir "$data" --eval-every 0)
+  levers=("drop01:--hidden-dropout 0.1" "drop005:--hidden-dropout 0.05"
+          "drop015:--hidden-dropout 0.15" "drop01-30ep:--hidden-dropout 0.1 --epochs 30")
+  for lever in "${levers[@]}"; do
+    name=${lever%%:*}; read -r -a flags <<< "${lever#*:}"
+    python -m experiments.fashion_mnist "${common[@]}" "${flags[@]}" --seeds 3 \
+        --validation-size 10000 --time-limit "${FFJAX_GPU_CONV_LIMIT:-100s}" "${extra[@]}" \
+        --out-dir "$out/runs/fashion-conv-$name-val" || true
+  done
+  best=$(python -c '
+import json, pathlib, sys
+runs, scores = pathlib.Path(sys.argv[1]), {}
+for lever in sys.argv[2:]:
+    r = runs / ("fashion-conv-" + lever.split(":")[0] + "-val") / "results.json"
+    if r.exists():
+        scores[lever] = json.loads(r.read_text())[
+            "validation_accuracy_joint_by_score_layers"]["all_but_first"]
+        print("%16s  validation, joint readout of layers 2-4: %.2f %%"
+              % (lever.split(":")[0], 100 * scores[lever]), file=sys.stderr)
+print(max(scores, key=scores.get) if scores else "")
+' "$out/runs" "${levers[@]}" 2> >(tee "$out/validation.txt" >&2))
+  [ -n "$best" ] && [ "${FFJAX_GPU_TEST:-0}" = 1 ] || exit 0
+  name=${best%%:*}; read -r -a flags <<< "${best#*:}"
+  echo "chosen on validation: $name (${best#*:})" | tee "$out/chosen.txt"
+  python -m experiments.fashion_mnist "${common[@]}" "${flags[@]}" --seeds 3 "${extra[@]}" \
+      --out-dir "$out/runs/fashion-conv-$name-test"
+  ;;
+*) echo "unknown mode $mode (perf, accuracy, conv, conv-screens, fashion-conv-dropout, unsupervised or unsupervised-test)" >&2; exit 2 ;;
 esac
