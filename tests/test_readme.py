@@ -68,7 +68,9 @@ def test_the_quick_start_is_the_recorded_run():
     ("fashion_mnist", "fashion-conv",
      ["fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed0",
       "fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed1",
-      "fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed2"]),
+      "fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed2",
+      "fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed3",
+      "fashion-conv-groups-4conv-p3-320-bn-wide15-drop01-20ep-test-seed4"]),
 ])
 def test_a_preset_row_is_the_recorded_run(module, preset, records):
     """Each README table command of the preset, with and without its optional part
