@@ -131,14 +131,15 @@ unsupervised)
   # lr decay from the first quarter and a soft threshold (--temperature 100 --loss-scale
   # 50) ended 0.13-0.19 % below both reference seeds there (CPU, 100 epochs), and larger
   # mask regions (blur 3) 0.03-0.06 % below, and weight decay 0.003 level over two seeds
-  # (98.55 against 98.53 %, CPU, 100 epochs), so they are out; fan-in lr scaling (ahead on both
-  # validation seeds, level with the reference on the test set: 1.43 +- 0.04 %), the lr
-  # decay over the whole run, and the hardest of 4 hybrids (2.5 times the reference's step
-  # cost; its one CPU run at this size ended 0.08-0.11 % below the reference seeds) are
-  # out; hidden dropout, level with the reference on the 784-1000-1000 screens, is in,
-  # because those screens did not carry over to 4 x 2000 before and these layers fit
-  # their training images far more than held-out ones (docs/unsupervised.md); input noise
-  # and centered normalization, level with or below the reference there, are out.
+  # (98.55 against 98.53 %, CPU, 100 epochs), so they are out, and so are fan-in lr
+  # scaling (ahead on both validation seeds, level with the reference on the test set:
+  # 1.43 +- 0.04 %) and the hardest of 4 hybrids (2.5 times the reference's step cost;
+  # its one CPU run at this size ended 0.08-0.11 % below the reference seeds). The lr
+  # decay over the whole run is in (not yet run at this size), and so is hidden dropout:
+  # level with the reference on the 784-1000-1000 screens, but those screens did not
+  # carry over to 4 x 2000 before, and these layers fit their training images far more
+  # than held-out ones (docs/unsupervised.md). Input noise and centered normalization,
+  # level with or below the reference there, are out.
   levers=("reference:" "drop01:--hidden-dropout 0.1" "drop02:--hidden-dropout 0.2"
           "decay0:--lr-decay-start 0")
   for lever in "${levers[@]}"; do

@@ -58,6 +58,9 @@ def rescore(run_dir, data_dir=None, joint_weights=None) -> dict:
     """One run's validation figures: every readout, per layer, by score layers; with
     joint_weights, the weighted joint readouts as {layers: {weight: accuracy}}."""
     cfg, spec, split, state, epoch = finished_run.load_run(run_dir, data_dir)
+    if joint_weights and not inference.joint_applies(spec):
+        raise UsageError(f"{run_dir}: --joint-weights needs a run with class groups "
+                         "(objective group_softmax) and a trained softmax readout.")
     x_val = jax.device_put(split.x_val)
     ev = experiment.make_evaluator(spec, 1)(state, x_val, split.y_val)
     ev.pop("pred")
@@ -65,9 +68,6 @@ def rescore(run_dir, data_dir=None, joint_weights=None) -> dict:
            "run_config": dataclasses.asdict(cfg),
            **experiment.split_results("validation", ev, 1)}
     if joint_weights:
-        if not inference.joint_applies(spec):
-            raise UsageError(f"{run_dir}: --joint-weights needs a run with class groups "
-                             "(objective group_softmax) and a trained softmax readout.")
         p = jax.device_get(inference.make_predict(spec)(
             params_of(state), x_val, state.readout.params))
         # log_softmax(w * logits) is w * log_softmax(logits) up to a per-example constant,

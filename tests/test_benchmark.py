@@ -172,6 +172,13 @@ def test_goodness_gap_reads_the_runs_layers_and_leaves_the_run_unchanged(
         err = capsys.readouterr().err
         assert "multiple of 1000 up to" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+    # The weighted joint readout of benchmarks.rescore needs class groups: this dense
+    # run with the label in the input is refused in one line, before any evaluation.
+    from benchmarks import rescore
+    assert rescore.main([str(run), "--joint-weights", "1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--joint-weights needs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
 
 
 def test_every_ablation_row_is_a_valid_command():
