@@ -20,6 +20,26 @@ read -r -a extra <<< "${FFJAX_GPU_EXTRA:-}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" || true
 
+# best_lever PREFIX KEY[/SUBKEY] NAME:FLAGS...: prints the NAME:FLAGS whose run
+# $out/runs/<PREFIX><NAME>-val has the highest results.json figure KEY (or KEY's SUBKEY),
+# and writes every lever's figure to $out/validation.txt; prints nothing when no lever
+# finished (a run stopped by --time-limit has no results.json and is not chosen).
+best_lever() {
+  python -c '
+import json, pathlib, sys
+runs, prefix, key, scores = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], {}
+for lever in sys.argv[4:]:
+    r = runs / (prefix + lever.split(":")[0] + "-val") / "results.json"
+    if r.exists():
+        v = json.loads(r.read_text())
+        for k in key.split("/"):
+            v = v[k]
+        scores[lever] = v
+        print("%16s  %s %.2f %%" % (lever.split(":")[0], key, 100 * v), file=sys.stderr)
+print(max(scores, key=scores.get) if scores else "")
+' "$out/runs" "$@" 2> >(tee "$out/validation.txt" >&2)
+}
+
 case "$mode" in
 perf)
   python -m benchmarks.epoch_time --configs 784-500-500 784-1000-1000-1000 784-2000-2000-2000-2000 \
@@ -148,17 +168,8 @@ unsupervised)
         --validation-size 10000 --time-limit 2m "${extra[@]}" \
         --out-dir "$out/runs/unsup-$name-val" || true
   done
-  best=$(python -c '
-import json, pathlib, sys
-runs, scores = pathlib.Path(sys.argv[1]), {}
-for lever in sys.argv[2:]:
-    r = runs / ("unsup-" + lever.split(":")[0] + "-val") / "results.json"
-    if r.exists():
-        scores[lever] = json.loads(r.read_text())["validation_accuracy_softmax"]
-        print("%16s  validation %.2f %%" % (lever.split(":")[0], 100 * scores[lever]),
-              file=sys.stderr)
-print(max(scores, key=scores.get))
-' "$out/runs" "${levers[@]}" 2> >(tee "$out/validation.txt" >&2))
+  best=$(best_lever unsup- validation_accuracy_softmax "${levers[@]}")
+  [ -n "$best" ] || { echo "no lever finished on validation" >&2; exit 1; }
   name=${best%%:*}; read -r -a flags <<< "${best#*:}"
   echo "chosen on validation: $name (${best#*:})" | tee "$out/chosen.txt"
   python -m experiments.mnist "${common[@]}" "${flags[@]}" --seeds 3 "${extra[@]}" \
@@ -181,18 +192,8 @@ fashion-conv-dropout)
         --validation-size 10000 --time-limit "${FFJAX_GPU_CONV_LIMIT:-100s}" "${extra[@]}" \
         --out-dir "$out/runs/fashion-conv-$name-val" || true
   done
-  best=$(python -c '
-import json, pathlib, sys
-runs, scores = pathlib.Path(sys.argv[1]), {}
-for lever in sys.argv[2:]:
-    r = runs / ("fashion-conv-" + lever.split(":")[0] + "-val") / "results.json"
-    if r.exists():
-        scores[lever] = json.loads(r.read_text())[
-            "validation_accuracy_joint_by_score_layers"]["all_but_first"]
-        print("%16s  validation, joint readout of layers 2-4: %.2f %%"
-              % (lever.split(":")[0], 100 * scores[lever]), file=sys.stderr)
-print(max(scores, key=scores.get) if scores else "")
-' "$out/runs" "${levers[@]}" 2> >(tee "$out/validation.txt" >&2))
+  best=$(best_lever fashion-conv- validation_accuracy_joint_by_score_layers/all_but_first \
+      "${levers[@]}")
   [ -n "$best" ] && [ "${FFJAX_GPU_TEST:-0}" = 1 ] || exit 0
   name=${best%%:*}; read -r -a flags <<< "${best#*:}"
   echo "chosen on validation: $name (${best#*:})" | tee "$out/chosen.txt"
