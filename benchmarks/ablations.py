@@ -444,6 +444,14 @@ ROWS += [("unsupervised, round 20",
           [*HYBRID_30, "--temperature", str(t), "--loss-scale", str(t / 2), "--seeds", "3"])
          for t in (20, 50, 200)]
 
+# Unsupervised, round 22 (784-1000-1000, 30 epochs, 3 seeds): the three levers that each
+# lifted the deeper layers of 4 x 2000 a little on validation (hidden dropout 0.2, fan-in
+# lr scaling, weight decay 0.003), together.
+ROWS += [("unsupervised, round 22",
+          "hidden dropout 0.2, fan-in lr scaling, weight decay 0.003, 3 seeds, 30 epochs",
+          [*HYBRID_30, "--hidden-dropout", "0.2", "--lr-scaling", "fan_in",
+           "--weight-decay", "0.003", "--seeds", "3"])]
+
 # Unsupervised, pair negatives (10 epochs, as the blur table): another label-free kind of
 # negative data, added by a plugin module (experiments/self_contrastive.py): an image
 # beside itself is positive, an image beside another image negative.
