@@ -179,10 +179,10 @@ unsupervised)
   ;;
 fashion-conv-dropout)
   # Issue 17's open target (Fashion-MNIST conv test accuracy >= 92.5 %). Two validation
-  # seeds of one setting differ by more than the levers do (docs/blocks.md, "The joint
-  # readout"), too much to choose the hidden dropout rate or the length on one CPU seed;
-  # here each lever runs with 3 seeds in one
-  # program on the validation split, scored by the chosen readout (the joint readout of
+  # seeds of one setting differ by about as much as the levers do (docs/blocks.md, "The
+  # joint readout"), too much to choose the hidden dropout rate or the length on one CPU
+  # seed; here each lever runs with 3 seeds in one program on the validation split,
+  # scored by the chosen readout (the joint readout of
   # all but the first layer and the softmax readout). FFJAX_GPU_TEST=1 then trains the
   # best mean on all 60 000 images (3 seeds) and scores the test set once. A lever
   # stopped by --time-limit has no results.json and is not chosen.
