@@ -5,9 +5,12 @@ It answers whether a run's prediction is limited by its readout or by its featur
 zero-initialized linear softmax is trained, after the FF layers and apart from them, on
 the normalized activities of the chosen layers of the run's last checkpoint (the features
 the run's own readout reads), for --epochs passes over the run's training split, with SGD
-and momentum, its learning rate falling linearly to 0. Only runs that held out a
-validation split (--validation-size) are accepted, and only that split is scored: the
-test set is never read. The run directory is only read; the record goes to --out, by
+and momentum (or Adam), its learning rate falling linearly to 0, optionally with dropout
+on the features. Where the run's objective has class groups, the joint readout (each
+layer's class log-probabilities times the softmax readout's) is scored with the run's
+own readout and with the refitted one: the features are the same, so the two differ by
+the readout alone. Only runs that held out a validation split (--validation-size) are
+accepted, and only that split is scored: the test set is never read. The run directory is only read; the record goes to --out, by
 default benchmarks/results/<device>-<date>-refit-readout.json.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +27,7 @@ import numpy as np
 import optax
 
 from benchmarks import finished_run
-from ffjax import readout, record
+from ffjax import inference, readout, record
 from ffjax.config import UsageError
 
 
@@ -39,6 +43,16 @@ class Refit:
     batch_size: int
     seed: int
     standardize: bool  # each feature to zero mean, unit variance on the training split
+    dropout: float  # fraction of the features zeroed in each training step (0: none)
+    optimizer: str  # "sgd" (with momentum) or "adam", either with the falling lr
+
+
+class Fitted(NamedTuple):
+    """What a refit gives: the validation accuracy after each epoch, the final training
+    accuracy, and the final readout's (N_val, C) validation logits (for the joint readout)."""
+    curve: list
+    train_accuracy: float
+    val_logits: np.ndarray
 
 
 def layer_features(params, x, spec, *, chunk: int = 1000) -> list:
@@ -53,9 +67,26 @@ def _accuracy(rparams, x, y) -> float:
     return float(np.mean(np.argmax(np.asarray(readout.logits(rparams, x)), 1) == y))
 
 
-def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classes: int):
-    """(validation accuracy after each epoch, final training accuracy) of a linear
-    softmax on the concatenated features of `how.layers`."""
+def group_goodness(params, x, spec, *, chunk: int = 1000) -> np.ndarray:
+    """(N, L, C): every layer's class-group goodness (inference.layer_group_goodness), in
+    chunks."""
+    fn = jax.jit(lambda xb: inference.layer_group_goodness(params, xb, spec))
+    return np.concatenate([np.asarray(jax.device_get(fn(jnp.asarray(x[i:i + chunk]))))
+                           for i in range(0, len(x), chunk)])
+
+
+def joint_accuracies(goodness_NxLxC, logits_NxC, y, spec) -> dict:
+    """Accuracy of the joint readout (inference.joint_scores) with these readout logits,
+    over all layers' class groups and over all but the first, as the runs record it."""
+    sels = {"all": tuple(range(spec.num_layers)),
+            "all_but_first": tuple(range(1, spec.num_layers))}
+    return {name: inference.accuracy(np.argmax(np.asarray(inference.joint_scores(
+        goodness_NxLxC, logits_NxC, sel, spec)), -1), y) for name, sel in sels.items()}
+
+
+def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit,
+          num_classes: int) -> Fitted:
+    """A linear softmax fitted on the concatenated features of `how.layers`."""
     x = np.concatenate([feats_fit[i] for i in how.layers], 1)
     xv = np.concatenate([feats_val[i] for i in how.layers], 1)
     if how.standardize:  # the training split's statistics for both splits
@@ -64,11 +95,15 @@ def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classe
     x = jnp.asarray(x)
     y = jnp.asarray(y_fit)
     steps = len(y_fit) // how.batch_size
+    lr = optax.linear_schedule(how.lr, 0.0, how.epochs * steps)
     opt = optax.chain(optax.add_decayed_weights(how.weight_decay),
-                      optax.sgd(optax.linear_schedule(how.lr, 0.0, how.epochs * steps),
-                                momentum=how.momentum))
+                      optax.adam(lr) if how.optimizer == "adam"
+                      else optax.sgd(lr, momentum=how.momentum))
 
-    def loss(p, xb, yb):
+    def loss(p, xb, yb, key):
+        if how.dropout:  # inverted dropout: the expected input is unchanged
+            keep = jax.random.bernoulli(key, 1.0 - how.dropout, xb.shape)
+            xb = jnp.where(keep, xb / (1.0 - how.dropout), 0.0)
         targets = optax.smooth_labels(jax.nn.one_hot(yb, num_classes), how.label_smoothing)
         return jnp.mean(optax.softmax_cross_entropy(readout.logits(p, xb), targets))
 
@@ -76,14 +111,17 @@ def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classe
     # compiled program as constants (gigabytes for conv layers).
     @jax.jit
     def one_epoch(p, opt_state, key, x, y):
+        key, drop_key = jax.random.split(key)
         order = jax.random.permutation(key, len(y_fit))[:steps * how.batch_size]
 
-        def step(carry, idx):
+        def step(carry, idx_and_key):
             p, s = carry
-            updates, s = opt.update(jax.grad(loss)(p, x[idx], y[idx]), s, p)
+            idx, k = idx_and_key
+            updates, s = opt.update(jax.grad(loss)(p, x[idx], y[idx], k), s, p)
             return (optax.apply_updates(p, updates), s), None
 
-        return jax.lax.scan(step, (p, opt_state), order.reshape(steps, -1))[0]
+        return jax.lax.scan(step, (p, opt_state), (order.reshape(steps, -1),
+                                                   jax.random.split(drop_key, steps)))[0]
 
     p = readout.init_readout(x.shape[1], num_classes)
     opt_state = opt.init(p)
@@ -91,7 +129,7 @@ def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit, num_classe
     for key in jax.random.split(jax.random.key(how.seed), how.epochs):
         p, opt_state = one_epoch(p, opt_state, key, x, y)
         curve.append(_accuracy(p, xv, y_val))
-    return curve, _accuracy(p, x, y_fit)
+    return Fitted(curve, _accuracy(p, x, y_fit), np.asarray(readout.logits(p, xv)))
 
 
 def _positive(kind):
@@ -109,11 +147,16 @@ def parse_args(argv=None):
                    help="0-based layers to read (default: the run's readout layers)")
     p.add_argument("--epochs", type=_positive(int), default=10)
     p.add_argument("--lr", type=_positive(float), default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="SGD with momentum, or Adam (try --lr 0.003 with it); the learning "
+                        "rate falls linearly to 0 with either")
     p.add_argument("--weight-decay", type=float, default=0.003)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--batch-size", type=_positive(int), default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="fraction of the features zeroed in each training step (0: none)")
     p.add_argument("--standardize", action="store_true",
                    help="scale each feature to zero mean and unit variance (statistics of "
                         "the training split) before fitting; try a smaller --lr with it")
@@ -133,24 +176,40 @@ def run(args) -> dict:
     if args.batch_size > len(split.y_fit):
         raise UsageError(f"--batch-size {args.batch_size} is larger than the training "
                          f"split ({len(split.y_fit)} examples).")
+    if not 0 <= args.dropout < 1:
+        raise UsageError(f"--dropout {args.dropout}: give a fraction in [0, 1).")
     how = Refit(layers, args.epochs, args.lr, args.momentum, args.weight_decay,
-                args.label_smoothing, args.batch_size, args.seed, args.standardize)
+                args.label_smoothing, args.batch_size, args.seed, args.standardize,
+                args.dropout, args.optimizer)
     params = tuple(layer.params for layer in state.layers)
     feats_fit = layer_features(params, split.x_fit, spec)
     feats_val = layer_features(params, split.x_val, spec)
     y_fit, y_val = np.asarray(split.y_fit), np.asarray(split.y_val)
-    own = _accuracy(state.readout.params, readout.select(feats_val, spec), y_val)
-    curve, train_acc = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
+    own_logits = np.asarray(readout.logits(state.readout.params,
+                                           readout.select(feats_val, spec)))
+    own = inference.accuracy(np.argmax(own_logits, 1), y_val)
+    fitted = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
+    curve = fitted.curve
     info = {"run_dir": str(args.run_dir), "checkpoint_epoch": epoch,
             "run_config": dataclasses.asdict(cfg), "refit": dataclasses.asdict(how),
             "own_readout_layers": list(spec.readout_layer_ids),
             "own_readout_validation_accuracy": own,
             "validation_accuracy": curve[-1], "validation_accuracy_per_epoch": curve,
-            "train_accuracy": train_acc}
+            "train_accuracy": fitted.train_accuracy}
     print(f"validation accuracy: the run's own readout (layers "
           f"{' '.join(map(str, spec.readout_layer_ids))}) {100 * own:.2f} %; refitted on "
           f"layers {' '.join(map(str, layers))} {100 * curve[-1]:.2f} % (training "
-          f"{100 * train_acc:.2f} %)")
+          f"{100 * fitted.train_accuracy:.2f} %)")
+    if inference.joint_applies(spec):  # the joint readout with either readout
+        g = group_goodness(params, split.x_val, spec)
+        info["own_joint_validation_accuracy"] = joint_accuracies(g, own_logits, y_val, spec)
+        info["joint_validation_accuracy"] = joint_accuracies(g, fitted.val_logits, y_val,
+                                                             spec)
+        print("joint readout (all / all but the first layer's class groups): with the "
+              "run's own readout " + " / ".join(
+                  f"{100 * v:.2f} %" for v in info["own_joint_validation_accuracy"].values())
+              + "; with the refitted one " + " / ".join(
+                  f"{100 * v:.2f} %" for v in info["joint_validation_accuracy"].values()))
     record.write_benchmark("refit_readout", info, args.out, suffix="refit-readout")
     return info
 
