@@ -1,12 +1,13 @@
 """Refits a finished run's softmax readout on its frozen features, on the validation split:
-`python -m benchmarks.refit_readout RUN_DIR [--layers 1 2] [--weight-decay 0.01]`.
+`python -m benchmarks.refit_readout RUN_DIR [--layers 1 2] [--weight-decay 0 0.01]`.
 
 It answers whether a run's prediction is limited by its readout or by its features: a
 zero-initialized linear softmax is trained, after the FF layers and apart from them, on
 the normalized activities of the chosen layers of the run's last checkpoint (the features
 the run's own readout reads), for --epochs passes over the run's training split, with SGD
 and momentum (or Adam), its learning rate falling linearly to 0, optionally with dropout
-on the features. Where the run's objective has class groups, the joint readout (each
+on the features. Several values of --epochs, --lr, --weight-decay, --label-smoothing and
+--dropout give one refit per combination, on features computed once. Where the run's objective has class groups, the joint readout (each
 layer's class log-probabilities times the softmax readout's) is scored with the run's
 own readout and with the refitted one: the features are the same, so the two differ by
 the readout alone. Only runs that held out a validation split (--validation-size) are
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 from typing import NamedTuple
 
@@ -145,22 +147,28 @@ def parse_args(argv=None):
     p = finished_run.parser(__doc__)
     p.add_argument("--layers", type=int, nargs="+", default=None,
                    help="0-based layers to read (default: the run's readout layers)")
-    p.add_argument("--epochs", type=_positive(int), default=10)
-    p.add_argument("--lr", type=_positive(float), default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                    help="SGD with momentum, or Adam (try --lr 0.003 with it); the learning "
                         "rate falls linearly to 0 with either")
-    p.add_argument("--weight-decay", type=float, default=0.003)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
     p.add_argument("--batch-size", type=_positive(int), default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dropout", type=float, default=0.0,
-                   help="fraction of the features zeroed in each training step (0: none)")
     p.add_argument("--standardize", action="store_true",
                    help="scale each feature to zero mean and unit variance (statistics of "
                         "the training split) before fitting; try a smaller --lr with it")
+    # Several values of these five: one refit for each combination, on features
+    # computed once.
+    p.add_argument("--epochs", type=_positive(int), nargs="+", default=[10])
+    p.add_argument("--lr", type=_positive(float), nargs="+", default=[0.1])
+    p.add_argument("--weight-decay", type=float, nargs="+", default=[0.003])
+    p.add_argument("--label-smoothing", type=float, nargs="+", default=[0.0])
+    p.add_argument("--dropout", type=float, nargs="+", default=[0.0],
+                   help="fraction of the features zeroed in each training step (0: none)")
     return p.parse_args(argv)
+
+
+def _pct(values) -> str:
+    return " / ".join(f"{100 * v:.2f} %" for v in values)
 
 
 def run(args) -> dict:
@@ -176,11 +184,18 @@ def run(args) -> dict:
     if args.batch_size > len(split.y_fit):
         raise UsageError(f"--batch-size {args.batch_size} is larger than the training "
                          f"split ({len(split.y_fit)} examples).")
-    if not 0 <= args.dropout < 1:
-        raise UsageError(f"--dropout {args.dropout}: give a fraction in [0, 1).")
-    how = Refit(layers, args.epochs, args.lr, args.momentum, args.weight_decay,
-                args.label_smoothing, args.batch_size, args.seed, args.standardize,
-                args.dropout, args.optimizer)
+    for name in ("dropout", "label_smoothing"):
+        if not all(0 <= v < 1 for v in getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} "
+                             f"{' '.join(map(str, getattr(args, name)))}: give fractions "
+                             "in [0, 1).")
+    if min(args.weight_decay) < 0:
+        raise UsageError("--weight-decay: give values >= 0.")
+    hows = [Refit(layers, e, lr, args.momentum, wd, ls, args.batch_size, args.seed,
+                  args.standardize, d, args.optimizer)
+            for e, lr, wd, ls, d in itertools.product(args.epochs, args.lr,
+                                                      args.weight_decay,
+                                                      args.label_smoothing, args.dropout)]
     params = tuple(layer.params for layer in state.layers)
     feats_fit = layer_features(params, split.x_fit, spec)
     feats_val = layer_features(params, split.x_val, spec)
@@ -188,28 +203,33 @@ def run(args) -> dict:
     own_logits = np.asarray(readout.logits(state.readout.params,
                                            readout.select(feats_val, spec)))
     own = inference.accuracy(np.argmax(own_logits, 1), y_val)
-    fitted = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
-    curve = fitted.curve
     info = {"run_dir": str(args.run_dir), "checkpoint_epoch": epoch,
-            "run_config": dataclasses.asdict(cfg), "refit": dataclasses.asdict(how),
+            "run_config": dataclasses.asdict(cfg),
             "own_readout_layers": list(spec.readout_layer_ids),
-            "own_readout_validation_accuracy": own,
-            "validation_accuracy": curve[-1], "validation_accuracy_per_epoch": curve,
-            "train_accuracy": fitted.train_accuracy}
-    print(f"validation accuracy: the run's own readout (layers "
-          f"{' '.join(map(str, spec.readout_layer_ids))}) {100 * own:.2f} %; refitted on "
-          f"layers {' '.join(map(str, layers))} {100 * curve[-1]:.2f} % (training "
-          f"{100 * fitted.train_accuracy:.2f} %)")
-    if inference.joint_applies(spec):  # the joint readout with either readout
-        g = group_goodness(params, split.x_val, spec)
+            "own_readout_validation_accuracy": own, "refits": []}
+    print(f"validation accuracy of the run's own readout (layers "
+          f"{' '.join(map(str, spec.readout_layer_ids))}): {100 * own:.2f} %")
+    # The joint readout (where it applies) with either readout, from the same goodness.
+    g = group_goodness(params, split.x_val, spec) if inference.joint_applies(spec) else None
+    if g is not None:
         info["own_joint_validation_accuracy"] = joint_accuracies(g, own_logits, y_val, spec)
-        info["joint_validation_accuracy"] = joint_accuracies(g, fitted.val_logits, y_val,
-                                                             spec)
-        print("joint readout (all / all but the first layer's class groups): with the "
-              "run's own readout " + " / ".join(
-                  f"{100 * v:.2f} %" for v in info["own_joint_validation_accuracy"].values())
-              + "; with the refitted one " + " / ".join(
-                  f"{100 * v:.2f} %" for v in info["joint_validation_accuracy"].values()))
+        print("joint readout (all / all but the first layer's class groups) with it: "
+              + _pct(info["own_joint_validation_accuracy"].values()))
+    for how in hows:
+        fitted = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
+        one = {"refit": dataclasses.asdict(how), "validation_accuracy": fitted.curve[-1],
+               "validation_accuracy_per_epoch": fitted.curve,
+               "train_accuracy": fitted.train_accuracy}
+        line = (f"refit on layers {' '.join(map(str, layers))}, {how.epochs} epochs, lr "
+                f"{how.lr}, weight decay {how.weight_decay}, label smoothing "
+                f"{how.label_smoothing}, dropout {how.dropout}: {100 * fitted.curve[-1]:.2f} "
+                f"% (training {100 * fitted.train_accuracy:.2f} %)")
+        if g is not None:
+            one["joint_validation_accuracy"] = joint_accuracies(g, fitted.val_logits,
+                                                                y_val, spec)
+            line += "; joint " + _pct(one["joint_validation_accuracy"].values())
+        info["refits"].append(one)
+        print(line, flush=True)
     record.write_benchmark("refit_readout", info, args.out, suffix="refit-readout")
     return info
 
