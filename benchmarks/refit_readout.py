@@ -7,7 +7,8 @@ the normalized activities of the chosen layers of the run's last checkpoint (the
 the run's own readout reads), for --epochs passes over the run's training split, with SGD
 and momentum (or Adam), its learning rate falling linearly to 0, optionally with dropout
 on the features. Several values of --epochs, --lr, --weight-decay, --label-smoothing and
---dropout give one refit per combination, on features computed once. Where the run's objective has class groups, the joint readout (each
+--dropout give one refit per combination, on features computed once. --from-own starts
+each refit from the run's own readout rather than from zero weights. Where the run's objective has class groups, the joint readout (each
 layer's class log-probabilities times the softmax readout's) is scored with the run's
 own readout and with the refitted one: the features are the same, so the two differ by
 the readout alone. Only runs that held out a validation split (--validation-size) are
@@ -87,8 +88,9 @@ def joint_accuracies(goodness_NxLxC, logits_NxC, y, spec) -> dict:
 
 
 def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit,
-          num_classes: int) -> Fitted:
-    """A linear softmax fitted on the concatenated features of `how.layers`."""
+          num_classes: int, start=None) -> Fitted:
+    """A linear softmax fitted on the concatenated features of `how.layers`, from zero
+    weights, or from `start` (a readout's DenseParams for these features)."""
     x = np.concatenate([feats_fit[i] for i in how.layers], 1)
     xv = np.concatenate([feats_val[i] for i in how.layers], 1)
     if how.standardize:  # the training split's statistics for both splits
@@ -125,7 +127,7 @@ def refit(feats_fit: list, y_fit, feats_val: list, y_val, how: Refit,
         return jax.lax.scan(step, (p, opt_state), (order.reshape(steps, -1),
                                                    jax.random.split(drop_key, steps)))[0]
 
-    p = readout.init_readout(x.shape[1], num_classes)
+    p = readout.init_readout(x.shape[1], num_classes) if start is None else start
     opt_state = opt.init(p)
     curve = []
     for key in jax.random.split(jax.random.key(how.seed), how.epochs):
@@ -156,6 +158,9 @@ def parse_args(argv=None):
     p.add_argument("--standardize", action="store_true",
                    help="scale each feature to zero mean and unit variance (statistics of "
                         "the training split) before fitting; try a smaller --lr with it")
+    p.add_argument("--from-own", action="store_true",
+                   help="start from the run's own readout instead of zero weights (it "
+                        "goes on training that readout on the final features)")
     # Several values of these five: one refit for each combination, on features
     # computed once.
     p.add_argument("--epochs", type=_positive(int), nargs="+", default=[10])
@@ -184,6 +189,10 @@ def run(args) -> dict:
     if args.batch_size > len(split.y_fit):
         raise UsageError(f"--batch-size {args.batch_size} is larger than the training "
                          f"split ({len(split.y_fit)} examples).")
+    if args.from_own and (layers != tuple(spec.readout_layer_ids) or args.standardize):
+        raise UsageError("--from-own goes on training the run's own readout: it reads the "
+                         "run's readout layers, unstandardized (leave out --layers and "
+                         "--standardize).")
     for name in ("dropout", "label_smoothing"):
         if not all(0 <= v < 1 for v in getattr(args, name)):
             raise UsageError(f"--{name.replace('_', '-')} "
@@ -204,7 +213,7 @@ def run(args) -> dict:
                                            readout.select(feats_val, spec)))
     own = inference.accuracy(np.argmax(own_logits, 1), y_val)
     info = {"run_dir": str(args.run_dir), "checkpoint_epoch": epoch,
-            "run_config": dataclasses.asdict(cfg),
+            "run_config": dataclasses.asdict(cfg), "from_own_readout": args.from_own,
             "own_readout_layers": list(spec.readout_layer_ids),
             "own_readout_validation_accuracy": own, "refits": []}
     print(f"validation accuracy of the run's own readout (layers "
@@ -216,7 +225,8 @@ def run(args) -> dict:
         print("joint readout (all / all but the first layer's class groups) with it: "
               + _pct(info["own_joint_validation_accuracy"].values()))
     for how in hows:
-        fitted = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes)
+        fitted = refit(feats_fit, y_fit, feats_val, y_val, how, spec.num_classes,
+                       start=state.readout.params if args.from_own else None)
         one = {"refit": dataclasses.asdict(how), "validation_accuracy": fitted.curve[-1],
                "validation_accuracy_per_epoch": fitted.curve,
                "train_accuracy": fitted.train_accuracy}

@@ -118,7 +118,18 @@ def test_refit_readout_scores_the_joint_readout_with_either_readout(data_dir, tm
     for r in rec["refits"]:
         assert r["validation_accuracy"] > 0.3
         assert all(0 < a <= 1 for a in r["joint_validation_accuracy"].values())
+    # --from-own goes on from the run's readout: with a vanishing rate it is that readout.
+    own = tmp_path / "own.json"
+    assert refit_readout.main([str(run), "--from-own", "--epochs", "1", "--lr", "1e-12",
+                               "--weight-decay", "0", "--out", str(own)]) == 0
+    rec = json.loads(own.read_text())
+    (one,) = rec["refits"]
+    assert abs(one["validation_accuracy"] - rec["own_readout_validation_accuracy"]) <= 1e-3
+    for name, acc in rec["own_joint_validation_accuracy"].items():
+        assert abs(one["joint_validation_accuracy"][name] - acc) <= 1e-3
     assert refit_readout.main([str(run), "--dropout", "1", "--out",
+                               str(tmp_path / "x.json")]) == 2
+    assert refit_readout.main([str(run), "--from-own", "--standardize", "--out",
                                str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
 
