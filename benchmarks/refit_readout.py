@@ -58,12 +58,17 @@ class Fitted(NamedTuple):
     val_logits: np.ndarray
 
 
-def layer_features(params, x, spec, *, chunk: int = 1000) -> list:
-    """Every layer's (N, F_i) normalized activities (readout.layer_features), in chunks."""
-    feats = jax.jit(lambda xb: readout.layer_features(params, xb, spec))
+def layer_features(params, x, spec, *, keep=None, chunk: int = 1000) -> list:
+    """Every layer's (N, F_i) normalized activities (readout.layer_features), in chunks;
+    None in place of the layers not in `keep` (default: all), whose features of a conv
+    network would take gigabytes for nothing."""
+    keep = tuple(range(spec.num_layers)) if keep is None else tuple(keep)
+    feats = jax.jit(lambda xb: tuple(f if i in keep else None for i, f in
+                                     enumerate(readout.layer_features(params, xb, spec))))
     parts = [jax.device_get(feats(jnp.asarray(x[i:i + chunk])))
              for i in range(0, len(x), chunk)]
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    return [np.concatenate([p[i] for p in parts]) if i in keep else None
+            for i in range(spec.num_layers)]
 
 
 def _accuracy(rparams, x, y) -> float:
@@ -206,8 +211,9 @@ def run(args) -> dict:
                                                       args.weight_decay,
                                                       args.label_smoothing, args.dropout)]
     params = tuple(layer.params for layer in state.layers)
-    feats_fit = layer_features(params, split.x_fit, spec)
-    feats_val = layer_features(params, split.x_val, spec)
+    feats_fit = layer_features(params, split.x_fit, spec, keep=layers)
+    feats_val = layer_features(params, split.x_val, spec,
+                               keep=set(layers) | set(spec.readout_layer_ids))
     y_fit, y_val = np.asarray(split.y_fit), np.asarray(split.y_val)
     own_logits = np.asarray(readout.logits(state.readout.params,
                                            readout.select(feats_val, spec)))
