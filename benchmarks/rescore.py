@@ -15,6 +15,11 @@ first, the last two, the last). Weight 1 is the joint readout the runs record. A
 on the readout is the same prediction as a temperature on the layers' class
 log-probabilities (log_softmax(g / T) is g / T up to a per-example constant), so this one
 axis covers both.
+
+--recalibrate-bn also scores every readout after each layer's batch-norm statistics are
+recomputed over the run's training split as inference computes the layers (no dropout;
+network.recalibrate_batch_norm): the running averages of training describe inputs with
+dropout, which inference never sees. Nothing is trained (the readout is the run's own).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import jax
 import numpy as np
 
 from benchmarks import finished_run
-from ffjax import experiment, inference, record
+from ffjax import experiment, inference, network, record
 from ffjax.config import UsageError
 from ffjax.epoch import params_of
 
@@ -44,6 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--joint-weights", type=float, nargs="+", default=None, metavar="W",
                    help="also score the joint readout with the softmax readout's "
                         "log-probabilities weighted by each W (1: the recorded one)")
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="also score with each layer's batch-norm statistics recomputed on "
+                        "the run's training split as inference sees it (no dropout): "
+                        "network.recalibrate_batch_norm")
     return p.parse_args(argv)
 
 
@@ -54,13 +63,18 @@ def joint_layer_choices(num_layers: int) -> dict:
             "last": (num_layers - 1,)}
 
 
-def rescore(run_dir, data_dir=None, joint_weights=None) -> dict:
+def rescore(run_dir, data_dir=None, joint_weights=None, recalibrate_bn=False) -> dict:
     """One run's validation figures: every readout, per layer, by score layers; with
-    joint_weights, the weighted joint readouts as {layers: {weight: accuracy}}."""
+    joint_weights, the weighted joint readouts as {layers: {weight: accuracy}}; with
+    recalibrate_bn, the same figures again (under "recalibrated_bn") after the layers'
+    batch-norm statistics are recomputed on the training split."""
     cfg, spec, split, state, epoch = finished_run.load_run(run_dir, data_dir)
     if joint_weights and not inference.joint_applies(spec):
         raise UsageError(f"{run_dir}: --joint-weights needs a run with class groups "
                          "(objective group_softmax) and a trained softmax readout.")
+    if recalibrate_bn and spec.output_norm != "batch":
+        raise UsageError(f"{run_dir}: --recalibrate-bn needs a batch-normalized run "
+                         "(--output-norm batch).")
     x_val = jax.device_put(split.x_val)
     ev = experiment.make_evaluator(spec, 1)(state, x_val, split.y_val)
     ev.pop("pred")
@@ -77,6 +91,13 @@ def rescore(run_dir, data_dir=None, joint_weights=None) -> dict:
                 p.goodness, w * np.asarray(p.readout_logits), sel, spec)), -1), split.y_val)
                 for w in joint_weights}
             for name, sel in joint_layer_choices(spec.num_layers).items()}
+    if recalibrate_bn:
+        params = network.recalibrate_batch_norm(params_of(state), split.x_fit, spec)
+        recal = state._replace(layers=tuple(ls._replace(params=p)
+                                            for ls, p in zip(state.layers, params)))
+        ev = experiment.make_evaluator(spec, 1)(recal, x_val, split.y_val)
+        ev.pop("pred")
+        out["recalibrated_bn"] = experiment.split_results("validation", ev, 1)
     return out
 
 
@@ -92,7 +113,12 @@ def _line(r: dict) -> str:
     parts += [f"joint ({name.replace('_', ' ')}, readout x {w}) {pct(a)}"
               for name, by_w in r.get("validation_accuracy_joint_weighted", {}).items()
               for w, a in by_w.items()]
-    return f"{r['run_dir']} (epoch {r['checkpoint_epoch']}): " + ", ".join(parts)
+    line = f"{r['run_dir']} (epoch {r['checkpoint_epoch']}): " + ", ".join(parts)
+    if "recalibrated_bn" in r:
+        line += "\n  with recalibrated batch-norm statistics: " + _line(
+            {**r["recalibrated_bn"], "run_dir": r["run_dir"],
+             "checkpoint_epoch": r["checkpoint_epoch"]}).split(": ", 1)[1]
+    return line
 
 
 def run(args) -> dict:
@@ -100,7 +126,8 @@ def run(args) -> dict:
         raise UsageError(f"--out {args.out} exists; give another path or --overwrite.")
     runs = []
     for run_dir in args.run_dirs:
-        runs.append(rescore(run_dir, args.data_dir, args.joint_weights))
+        runs.append(rescore(run_dir, args.data_dir, args.joint_weights,
+                            args.recalibrate_bn))
         print(_line(runs[-1]), flush=True)
     info = {"runs": runs}
     record.write_benchmark("rescore", info, args.out, suffix="rescore")

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffjax import layers
+from ffjax import labels, layers
 
 
 class Activity(NamedTuple):
@@ -110,3 +110,49 @@ def output_features(h: jax.Array) -> jax.Array:
     """(B, units): a layer's output flattened per example."""
     return h.reshape(h.shape[0], -1)
 
+
+
+def recalibrate_batch_norm(params: layers.Network, x, spec, *,
+                           chunk_size: int = 1000) -> layers.Network:
+    """params with every layer's running batch-norm statistics replaced by the exact
+    statistics of its output over the raw examples x (uint8 or float, no label), as
+    inference computes it: no dropout, the neutral label, the layers below already
+    recalibrated (layer by layer, bottom up).
+
+    Training normalizes with each batch's statistics and keeps running averages for
+    inference, but with spec.hidden_dropout the batches' layers saw dropped inputs, which
+    inference never does: the running statistics then describe another distribution than
+    the one inference normalizes. Nothing is trained: scale and offset (the layers' own
+    parameters) are kept, and each layer's new statistics depend on the layers below it
+    only, as its training does. x is read in chunks of chunk_size examples; the
+    variance is biased, as layers.batch_stats's."""
+    if spec.output_norm != "batch":
+        raise ValueError("recalibrate_batch_norm applies to batch-normalized networks "
+                         "(output_norm='batch'); this one has output_norm="
+                         f"{spec.output_norm!r}.")
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    n = len(x)
+    if n == 0:
+        raise ValueError("recalibrate_batch_norm needs at least one example.")
+    params = tuple(params)
+    for i in range(spec.num_layers):
+        @jax.jit
+        def moments(ps, xb, i=i):
+            h = jax.nn.relu(forward_activities(
+                ps[:i + 1], spec.encoding.neutral(labels.to_float(xb)), spec)[i].z)
+            axes = tuple(range(h.ndim - 1))
+            return jnp.mean(h, axis=axes), jnp.mean(jnp.square(h), axis=axes)
+
+        total_mean, total_sq = 0.0, 0.0
+        for start in range(0, n, int(chunk_size)):
+            xb = jnp.asarray(x[start:start + int(chunk_size)])
+            m, sq = moments(params, xb)
+            w = xb.shape[0] / n  # every example has the same number of locations
+            total_mean, total_sq = total_mean + w * m, total_sq + w * sq
+        var = jnp.maximum(total_sq - jnp.square(total_mean), 0.0)
+        p = params[i]
+        params = params[:i] + (p._replace(norm=p.norm._replace(
+            mean=jnp.asarray(total_mean, jnp.float32), var=jnp.asarray(var, jnp.float32))),) \
+            + params[i + 1:]
+    return params
