@@ -131,6 +131,9 @@ def test_refit_readout_scores_the_joint_readout_with_either_readout(data_dir, tm
                                str(tmp_path / "x.json")]) == 2
     assert refit_readout.main([str(run), "--from-own", "--standardize", "--out",
                                str(tmp_path / "x.json")]) == 2
+    from benchmarks import rescore  # this run has no batch norm to recalibrate
+    assert rescore.main([str(run), "--recalibrate-bn", "--out",
+                         str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
 
 
@@ -173,6 +176,15 @@ def test_rescore_reproduces_the_runs_final_evaluation_and_leaves_the_run_unchang
     assert by["all"]["0.0"] == pytest.approx(
         results["validation_accuracy_by_score_layers"]["all"], abs=1e-6)
     assert "readout x 1.0" in capsys.readouterr().out
+    # With recomputed batch-norm statistics: every readout again, the run untouched.
+    recal = tmp_path / "recal.json"
+    assert rescore.main([str(run), "--out", str(recal), "--recalibrate-bn"]) == 0
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    (rrec,) = json.loads(recal.read_text())["runs"]
+    assert set(rrec["recalibrated_bn"]) == {k for k in rrec if k.startswith("validation_")}
+    assert all(0 < a <= 1 for a in pytree_values(
+        rrec["recalibrated_bn"]["validation_accuracy_joint_by_score_layers"]))
+    assert "with recalibrated batch-norm statistics" in capsys.readouterr().out
     assert rescore.main([str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "exists" in err and len(err.strip().splitlines()) == 1

@@ -257,3 +257,39 @@ def test_a_backprop_step_moves_the_running_statistics_and_trains_the_rest():
         assert not np.array_equal(old_leaf, new_leaf)
     preds = baselines.make_bp_predict(model)(new.variables, x)
     assert preds.shape == (8,)
+
+
+def test_recalibrated_statistics_standardize_each_channel_over_the_data_inference_sees():
+    """recalibrate_batch_norm leaves every layer's inference output over x standardized
+    per channel (before the affine part), whatever the running statistics were before;
+    the chunking changes nothing; each layer's statistics depend on the layers below it
+    only; scale and offset stay; a network without batch norm is refused."""
+    spec = FFSpec(**GROUPS, hidden_dropout=0.3).for_input(IMG)
+    params = _with_running(network.init_network(jax.random.key(0), spec))
+    x, _ = _data(spec, n=40)
+    recal = network.recalibrate_batch_norm(params, x, spec, chunk_size=7)
+    acts = network.forward_activities(recal, spec.encoding.neutral(labels.to_float(x)), spec)
+    for a, p, q in zip(acts, recal, params):
+        h = (a.h - p.norm.offset) / p.norm.scale
+        axes = tuple(range(h.ndim - 1))
+        live = np.asarray(p.norm.var) > 1e-3  # (a channel that never fires stays 0)
+        assert live.any()
+        np.testing.assert_allclose(np.asarray(jnp.mean(h, axis=axes))[live], 0.0, atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(jnp.var(h, axis=axes))[live],
+            (np.asarray(p.norm.var) / (np.asarray(p.norm.var) + layers.BATCH_NORM_EPS))[live],
+            rtol=1e-3)
+        chex.assert_trees_all_equal((p.norm.scale, p.norm.offset, p.block),
+                                    (q.norm.scale, q.norm.offset, q.block))
+    whole = network.recalibrate_batch_norm(params, x, spec, chunk_size=len(x))
+    chex.assert_trees_all_close(whole, recal, rtol=1e-5, atol=1e-6)
+    # Another top layer leaves the statistics of the layers below it unchanged.
+    top = params[:-1] + (params[-1]._replace(block=jax.tree.map(lambda w: 2 * w + 0.1,
+                                                                params[-1].block)),)
+    other = network.recalibrate_batch_norm(top, x, spec, chunk_size=7)
+    chex.assert_trees_all_equal(other[:-1], recal[:-1])
+    assert not np.allclose(other[-1].norm.mean, recal[-1].norm.mean)
+    plain = FFSpec(**{**GROUPS, "output_norm": "none"}).for_input(IMG)
+    with pytest.raises(ValueError, match="output_norm='batch'"):
+        network.recalibrate_batch_norm(network.init_network(jax.random.key(0), plain), x,
+                                       plain)
