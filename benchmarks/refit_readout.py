@@ -8,12 +8,15 @@ the run's own readout reads), for --epochs passes over the run's training split,
 and momentum (or Adam), its learning rate falling linearly to 0, optionally with dropout
 on the features. Several values of --epochs, --lr, --weight-decay, --label-smoothing and
 --dropout give one refit per combination, on features computed once. --from-own starts
-each refit from the run's own readout rather than from zero weights. Where the run's objective has class groups, the joint readout (each
-layer's class log-probabilities times the softmax readout's) is scored with the run's
-own readout and with the refitted one: the features are the same, so the two differ by
-the readout alone. Only runs that held out a validation split (--validation-size) are
-accepted, and only that split is scored: the test set is never read. The run directory is only read; the record goes to --out, by
-default benchmarks/results/<device>-<date>-refit-readout.json.
+each refit from the run's own readout rather than from zero weights.
+
+Where the run's objective has class groups, the joint readout (each layer's class
+log-probabilities times the softmax readout's) is scored with the run's own readout and
+with each refitted one: the features are the same, so they differ by the readout alone.
+
+Only runs that held out a validation split (--validation-size) are accepted, and only
+that split is scored: the test set is never read. The run directory is only read; the
+record goes to --out, by default benchmarks/results/<device>-<date>-refit-readout.json.
 """
 
 from __future__ import annotations
@@ -236,7 +239,8 @@ def run(args) -> dict:
         one = {"refit": dataclasses.asdict(how), "validation_accuracy": fitted.curve[-1],
                "validation_accuracy_per_epoch": fitted.curve,
                "train_accuracy": fitted.train_accuracy}
-        line = (f"refit on layers {' '.join(map(str, layers))}, {how.epochs} epochs, lr "
+        line = (f"refit on layers {' '.join(map(str, layers))}, {how.optimizer}, "
+                f"{how.epochs} epochs, lr "
                 f"{how.lr}, weight decay {how.weight_decay}, label smoothing "
                 f"{how.label_smoothing}, dropout {how.dropout}: {100 * fitted.curve[-1]:.2f} "
                 f"% (training {100 * fitted.train_accuracy:.2f} %)")

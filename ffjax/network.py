@@ -111,7 +111,6 @@ def output_features(h: jax.Array) -> jax.Array:
     return h.reshape(h.shape[0], -1)
 
 
-
 def recalibrate_batch_norm(params: layers.Network, x, spec, *,
                            chunk_size: int = 1000) -> layers.Network:
     """params with every layer's running batch-norm statistics replaced by the exact
@@ -135,6 +134,7 @@ def recalibrate_batch_norm(params: layers.Network, x, spec, *,
     n = len(x)
     if n == 0:
         raise ValueError("recalibrate_batch_norm needs at least one example.")
+    check_input(params, x, spec)
     params = tuple(params)
     for i in range(spec.num_layers):
         @jax.jit
