@@ -78,14 +78,6 @@ def _accuracy(rparams, x, y) -> float:
     return float(np.mean(np.argmax(np.asarray(readout.logits(rparams, x)), 1) == y))
 
 
-def group_goodness(params, x, spec, *, chunk: int = 1000) -> np.ndarray:
-    """(N, L, C): every layer's class-group goodness (inference.layer_group_goodness), in
-    chunks."""
-    fn = jax.jit(lambda xb: inference.layer_group_goodness(params, xb, spec))
-    return np.concatenate([np.asarray(jax.device_get(fn(jnp.asarray(x[i:i + chunk]))))
-                           for i in range(0, len(x), chunk)])
-
-
 def joint_accuracies(goodness_NxLxC, logits_NxC, y, spec) -> dict:
     """Accuracy of the joint readout (inference.joint_scores) with these readout logits,
     over all layers' class groups and over all but the first, as the runs record it."""
@@ -228,7 +220,9 @@ def run(args) -> dict:
     print(f"validation accuracy of the run's own readout (layers "
           f"{' '.join(map(str, spec.readout_layer_ids))}): {100 * own:.2f} %")
     # The joint readout (where it applies) with either readout, from the same goodness.
-    g = group_goodness(params, split.x_val, spec) if inference.joint_applies(spec) else None
+    g = (np.asarray(jax.device_get(inference.make_predict(spec)(
+        params, jnp.asarray(split.x_val)).goodness))
+         if inference.joint_applies(spec) else None)
     if g is not None:
         info["own_joint_validation_accuracy"] = joint_accuracies(g, own_logits, y_val, spec)
         print("joint readout (all / all but the first layer's class groups) with it: "

@@ -76,11 +76,15 @@ def rescore(run_dir, data_dir=None, joint_weights=None, recalibrate_bn=False) ->
         raise UsageError(f"{run_dir}: --recalibrate-bn needs a batch-normalized run "
                          "(--output-norm batch).")
     x_val = jax.device_put(split.x_val)
-    ev = experiment.make_evaluator(spec, 1)(state, x_val, split.y_val)
-    ev.pop("pred")
+    evaluate = experiment.make_evaluator(spec, 1)
+
+    def figures(st) -> dict:  # the run's own final evaluation, without the predictions
+        ev = evaluate(st, x_val, split.y_val)
+        ev.pop("pred")
+        return experiment.split_results("validation", ev, 1)
+
     out = {"run_dir": str(run_dir), "checkpoint_epoch": epoch,
-           "run_config": dataclasses.asdict(cfg),
-           **experiment.split_results("validation", ev, 1)}
+           "run_config": dataclasses.asdict(cfg), **figures(state)}
     if joint_weights:
         p = jax.device_get(inference.make_predict(spec)(
             params_of(state), x_val, state.readout.params))
@@ -95,9 +99,7 @@ def rescore(run_dir, data_dir=None, joint_weights=None, recalibrate_bn=False) ->
         params = network.recalibrate_batch_norm(params_of(state), split.x_fit, spec)
         recal = state._replace(layers=tuple(ls._replace(params=p)
                                             for ls, p in zip(state.layers, params)))
-        ev = experiment.make_evaluator(spec, 1)(recal, x_val, split.y_val)
-        ev.pop("pred")
-        out["recalibrated_bn"] = experiment.split_results("validation", ev, 1)
+        out["recalibrated_bn"] = figures(recal)
     return out
 
 
