@@ -109,6 +109,19 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
     return folder
 
 
+@pytest.fixture
+def fresh_registries(monkeypatch):
+    """The label-encoding and negative-generator registries as copies, and the example
+    plugin (experiments.self_contrastive) not yet imported, all restored after the test:
+    what a test registers, or a --plugins it checks imports, must not leak into the tests
+    that later run in the same worker."""
+    import sys
+    from ffjax import encodings, negatives
+    monkeypatch.setattr(encodings, "ENCODINGS", dict(encodings.ENCODINGS))
+    monkeypatch.setattr(negatives, "GENERATORS", dict(negatives.GENERATORS))
+    monkeypatch.delitem(sys.modules, "experiments.self_contrastive", raising=False)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "mnist").is_dir():

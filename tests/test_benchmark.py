@@ -240,10 +240,11 @@ def test_goodness_gap_reads_the_runs_layers_and_leaves_the_run_unchanged(
     assert not (tmp_path / "x").exists()
 
 
-def test_every_ablation_row_is_a_valid_command():
+def test_every_ablation_row_is_a_valid_command(fresh_registries):
     """Each row of benchmarks.ablations (the commands the docs give to regenerate their
     validation tables) is accepted by the entry point's checks and builds its spec, so a
-    regeneration never stops on a row that no longer parses."""
+    regeneration never stops on a row that no longer parses. (A row's --plugins is
+    imported by the checks; the fixture keeps what it registers from the other tests.)"""
     from benchmarks import ablations
     from experiments import mnist
     from ffjax import config, data

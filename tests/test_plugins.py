@@ -16,16 +16,7 @@ from ffjax import config, encodings, negatives
 from ffjax.config import UsageError
 from ffjax.negatives import Minibatch
 
-PLUGIN = "experiments.self_contrastive"
-
-
-@pytest.fixture
-def fresh_registries(monkeypatch):
-    """The registries as copies and the plugin not yet imported, both restored after the
-    test, so what a test registers does not leak into the others."""
-    monkeypatch.setattr(encodings, "ENCODINGS", dict(encodings.ENCODINGS))
-    monkeypatch.setattr(negatives, "GENERATORS", dict(negatives.GENERATORS))
-    monkeypatch.delitem(sys.modules, PLUGIN, raising=False)
+PLUGIN = "experiments.self_contrastive"  # the fresh_registries fixture (conftest) unloads it
 
 
 def _cfg(argv):
