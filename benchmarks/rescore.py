@@ -103,7 +103,8 @@ def rescore(run_dir, data_dir=None, joint_weights=None, recalibrate_bn=False) ->
     return out
 
 
-def _line(r: dict) -> str:
+def _figures(r: dict) -> str:
+    """The readouts' figures of one scoring (a run's, or its recalibrated one), in a line."""
     pct = lambda a: f"{100 * a:.2f} %"  # noqa: E731
     parts = [f"goodness {pct(r['validation_accuracy'])}"]
     parts += [f"{name.replace('_', ' ')} {pct(a)}"
@@ -115,11 +116,13 @@ def _line(r: dict) -> str:
     parts += [f"joint ({name.replace('_', ' ')}, readout x {w}) {pct(a)}"
               for name, by_w in r.get("validation_accuracy_joint_weighted", {}).items()
               for w, a in by_w.items()]
-    line = f"{r['run_dir']} (epoch {r['checkpoint_epoch']}): " + ", ".join(parts)
+    return ", ".join(parts)
+
+
+def _line(r: dict) -> str:
+    line = f"{r['run_dir']} (epoch {r['checkpoint_epoch']}): {_figures(r)}"
     if "recalibrated_bn" in r:
-        line += "\n  with recalibrated batch-norm statistics: " + _line(
-            {**r["recalibrated_bn"], "run_dir": r["run_dir"],
-             "checkpoint_epoch": r["checkpoint_epoch"]}).split(": ", 1)[1]
+        line += "\n  with recalibrated batch-norm statistics: " + _figures(r["recalibrated_bn"])
     return line
 
 
